@@ -1,0 +1,1 @@
+"""The smkd runner: topologies, scenarios, backends and reports."""
