@@ -1,0 +1,367 @@
+"""What every smkd state machine shares: config, outputs and authentication.
+
+A machine never touches a socket, a clock or the system random source. Its
+caller passes datagrams in with their source address and the current time
+(seconds since the Unix epoch, because tokens carry wall-clock timestamps),
+and collects :class:`Transmit` and :class:`TraceEvent` outputs afterwards.
+Randomness comes from the ``randbytes`` callable given at construction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .crypto import suite_by_code, suite_by_name
+from .documents import NONCE_SIZE, GroupAcl, HostToken, SignedAcl, Token
+from .errors import AuthenticationFailed, ProtocolError
+from .messages import (
+    ControlHeader, Message, MessageType, Signature, decode_message, sign_message,
+)
+from .tokens import ReplayCache
+
+log = logging.getLogger(__name__)
+
+ROUTER_ROLES = ("router", "core")
+
+
+@dataclass(frozen=True)
+class Timers:
+    """Protocol timers in seconds; defaults are CBTv1's."""
+
+    echo_interval: float = 30.0
+    echo_timeout: float = 90.0
+    pending_join_interval: float = 5.0
+    pending_join_timeout: float = 30.0
+    expire_pending_join: float = 90.0
+    pending_quit_interval: float = 5.0
+    pending_quit_retries: int = 3
+    child_assert_expire: float = 180.0
+    report_interval: float = 5.0
+    report_retries: int = 3
+
+
+@dataclass(frozen=True)
+class GroupConfig:
+    """What a node knows of a group before joining: CBT's configured core list.
+
+    ``acl`` is set only in the initiator's config: the list it signs and
+    uploads. ``seal_acl`` seals that upload to the primary core.
+    """
+
+    name: str
+    address: str
+    cores: tuple[str, ...]
+    core_addresses: tuple[str, ...]
+    initiator: str
+    suite: str = "default"
+    acl: GroupAcl | None = None
+    seal_acl: bool = False
+
+    @property
+    def primary_core(self) -> str:
+        return self.cores[0]
+
+    @property
+    def suite_code(self) -> int:
+        return suite_by_name(self.suite).code
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """One node's view of the network.
+
+    ``neighbours`` maps each directly connected node's address to its name;
+    ``routes`` maps a destination address to the next hop address (routers);
+    ``gateway`` is a host's or initiator's designated router, by name.
+    """
+
+    name: str
+    role: str
+    address: str
+    groups: tuple[GroupConfig, ...] = ()
+    neighbours: dict[str, str] = field(default_factory=dict)
+    routes: dict[str, str] = field(default_factory=dict)
+    gateway: str | None = None
+    token_window: float = 30.0
+    replay_cache_size: int = 100_000
+    timers: Timers = field(default_factory=Timers)
+
+    def group_by_address(self, address: str) -> GroupConfig | None:
+        for group in self.groups:
+            if group.address == address:
+                return group
+        return None
+
+    def group_by_name(self, name: str) -> GroupConfig | None:
+        for group in self.groups:
+            if group.name == name:
+                return group
+        return None
+
+
+@dataclass(frozen=True)
+class Transmit:
+    """A datagram to send to ``destination`` (an IPv4 address), port 7777."""
+
+    destination: str
+    datagram: bytes = field(repr=False)
+    peer: str = ""
+
+
+@dataclass(frozen=True)
+class TraceEvent:
+    """One structured trace record; never carries key material."""
+
+    time: float
+    name: str
+    fields: dict[str, Any]
+
+
+class Peer(Protocol):
+    name: str
+    role: str
+    address: str
+
+    def verify(self, signature: bytes, data: bytes) -> None: ...
+
+    def seal(self, plaintext: bytes, info: bytes) -> bytes: ...
+
+
+class PeerDirectory(Protocol):
+    def lookup(
+        self, name: str, suite_name: str, now: float, roles: Iterable[str]
+    ) -> Peer: ...
+
+
+class NodeIdentity(Protocol):
+    name: str
+
+    def sign(self, suite_name: str, data: bytes) -> bytes: ...
+
+    def open(self, suite_name: str, sealed: bytes, info: bytes) -> bytes: ...
+
+
+# which roles may sign each message type
+SIGNER_ROLES: dict[MessageType, tuple[str, ...]] = {
+    MessageType.JOIN_REQUEST: ROUTER_ROLES,
+    MessageType.JOIN_ACK: ROUTER_ROLES,
+    MessageType.JOIN_NACK: ROUTER_ROLES,
+    MessageType.QUIT_REQUEST: ROUTER_ROLES,
+    MessageType.QUIT_ACK: ROUTER_ROLES,
+    MessageType.FLUSH_TREE: ROUTER_ROLES,
+    MessageType.ECHO_REQUEST: ROUTER_ROLES,
+    MessageType.ECHO_REPLY: ROUTER_ROLES,
+    MessageType.MEMBERSHIP_REPORT: ("host",),
+    MessageType.KEY_DELIVERY: ROUTER_ROLES,
+    MessageType.ACL_UPLOAD: ("initiator",),
+    MessageType.ACL_ACCEPT: ("core",),
+}
+
+# messages that travel end to end rather than hop by hop
+END_TO_END = frozenset({MessageType.ACL_UPLOAD, MessageType.ACL_ACCEPT})
+
+
+@dataclass
+class Received:
+    """A message that passed decoding, signature and token checks."""
+
+    message: Message
+    peer: Peer
+    group: GroupConfig
+    source: str
+
+
+class Machine:
+    """Base class of the host, router, core and initiator state machines."""
+
+    def __init__(
+        self,
+        config: NodeConfig,
+        identity: NodeIdentity,
+        directory: PeerDirectory,
+        randbytes: Callable[[int], bytes],
+    ):
+        self.config = config
+        self.name = config.name
+        self.identity = identity
+        self.directory = directory
+        self.randbytes = randbytes
+        self.counters: Counter[str] = Counter()
+        self.replay = ReplayCache(config.token_window, config.replay_cache_size)
+        self._outputs: list[Transmit | TraceEvent] = []
+
+    # outputs
+
+    def pop_outputs(self) -> list[Transmit | TraceEvent]:
+        outputs, self._outputs = self._outputs, []
+        return outputs
+
+    def trace(self, now: float, name: str, **fields: Any) -> None:
+        self._outputs.append(TraceEvent(now, name, fields))
+
+    def next_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        return None
+
+    def start(self, now: float) -> None:
+        self.trace(now, "agent_started", role=self.config.role, address=self.config.address)
+
+    # receiving
+
+    def receive(self, datagram: bytes, source: str, now: float) -> None:
+        """Process one datagram; a bad one is dropped, traced and counted."""
+        self.counters["received"] += 1
+        try:
+            received = self.authenticate(datagram, source, now)
+            self.dispatch(received, now)
+        except ProtocolError as error:
+            self.drop(now, source, error)
+
+    def dispatch(self, received: Received, now: float) -> None:
+        raise ProtocolError(
+            f"{self.config.role} does not take {received.message.header.type.name}",
+            reason="unexpected-message",
+        )
+
+    def drop(self, now: float, peer: str, error: ProtocolError) -> None:
+        self.counters[f"drop:{error.reason}"] += 1
+        self.trace(now, "drop", peer=peer, reason=error.reason, detail=error.detail)
+
+    def authenticate(self, datagram: bytes, source: str, now: float) -> Received:
+        """Decode ``datagram`` and check its signer, signature and token."""
+        message = decode_message(datagram)
+        header = message.header
+        group = self.config.group_by_address(header.group)
+        if group is None:
+            raise ProtocolError(f"unknown group {header.group}", reason="unknown-group")
+
+        signature = message.signature
+        assert signature is not None  # decode_message guarantees it
+        if signature.suite != group.suite_code:
+            raise AuthenticationFailed(
+                f"signed with suite {signature.suite}, group uses {group.suite}",
+                reason="wrong-suite",
+            )
+        peer = self.lookup(signature.signer, group, now, SIGNER_ROLES[header.type])
+        self._check_source(peer, source, header.type)
+        peer.verify(signature.value, message.signed_part)
+
+        token = getattr(message, "token", None)
+        if token is not None:
+            self.check_token(token, peer.name, now)
+        return Received(message, peer, group, source)
+
+    def lookup(
+        self, name: str, group: GroupConfig, now: float, roles: Iterable[str]
+    ) -> Peer:
+        return self.directory.lookup(name, group.suite, now, roles)
+
+    def _check_source(self, peer: Peer, source: str, message_type: MessageType) -> None:
+        if peer.address != source:
+            raise AuthenticationFailed(
+                f"{peer.name} is at {peer.address}, datagram came from {source}",
+                reason="wrong-source",
+            )
+        if message_type not in END_TO_END and source not in self.config.neighbours:
+            raise AuthenticationFailed(
+                f"{peer.name} at {source} is not a neighbour", reason="not-neighbour"
+            )
+
+    def check_token(self, token: Token, signer: str, now: float) -> None:
+        if token.sender != signer:
+            raise AuthenticationFailed(
+                f"token names sender {token.sender}, message signed by {signer}",
+                reason="token-mismatch",
+            )
+        if token.recipient != self.name:
+            raise AuthenticationFailed(
+                f"token is for {token.recipient}, not {self.name}",
+                reason="wrong-recipient",
+            )
+        self.replay.check(("router", token.sender, token.nonce), token.timestamp_ms, now)
+
+    def verify_host_token(
+        self, token: HostToken, group: GroupConfig, now: float, replay: bool = True
+    ) -> Peer:
+        """Authenticate a host's signed token; ``replay`` also checks its nonce."""
+        host = self.lookup(token.host, group, now, ("host",))
+        if token.group != group.address:
+            raise AuthenticationFailed(
+                f"host token is for group {token.group}", reason="token-mismatch"
+            )
+        if token.suite != group.suite_code:
+            raise AuthenticationFailed("host token suite differs", reason="wrong-suite")
+        host.verify(token.signature, token.signed_bytes())
+        if replay:
+            self.replay.check(("host", token.host, token.nonce), token.timestamp_ms, now)
+        else:
+            self.replay_window_check(token.timestamp_ms, now)
+        return host
+
+    def replay_window_check(self, timestamp_ms: int, now: float) -> None:
+        window_ms = self.replay.window_ms
+        if abs(int(now * 1000) - timestamp_ms) > window_ms:
+            raise AuthenticationFailed(
+                "host token outside the freshness window", reason="stale-token"
+            )
+
+    def verify_acl(self, signed: SignedAcl, group: GroupConfig, now: float) -> GroupAcl:
+        """Check the initiator's signature and the ACL's group and validity."""
+        initiator = self.lookup(signed.acl.initiator, group, now, ("initiator",))
+        if initiator.name != group.initiator:
+            raise AuthenticationFailed(
+                f"ACL signed by {initiator.name}, group initiator is {group.initiator}",
+                reason="wrong-initiator",
+            )
+        initiator.verify(signed.signature, signed.signed_bytes())
+        acl = signed.acl
+        if acl.group != group.address:
+            raise AuthenticationFailed(
+                f"ACL is for group {acl.group}", reason="invalid-acl"
+            )
+        if not acl.not_before <= now <= acl.not_after:
+            raise AuthenticationFailed("ACL is outside its validity", reason="expired-acl")
+        return acl
+
+    # sending
+
+    def new_token(self, recipient: str, now: float) -> Token:
+        return Token(self.name, recipient, int(now * 1000), self.randbytes(NONCE_SIZE))
+
+    def new_host_token(self, group: GroupConfig, now: float) -> HostToken:
+        unsigned = HostToken(
+            self.name, group.address, int(now * 1000),
+            self.randbytes(NONCE_SIZE), group.suite_code,
+        )
+        signature = self.identity.sign(group.suite, unsigned.signed_bytes())
+        return HostToken(
+            unsigned.host, unsigned.group, unsigned.timestamp_ms,
+            unsigned.nonce, unsigned.suite, signature,
+        )
+
+    def send(self, message: Message, group: GroupConfig, destination: str, peer: str) -> None:
+        unsigned = message.encode_unsigned()
+        value = self.identity.sign(group.suite, unsigned)
+        datagram = sign_message(unsigned, Signature(self.name, group.suite_code, value))
+        self.counters[f"sent:{message.header.type.name}"] += 1
+        self._outputs.append(Transmit(destination, datagram, peer))
+
+    def header(self, message_type: MessageType, group: GroupConfig, **fields: Any) -> ControlHeader:
+        return ControlHeader(
+            message_type,
+            group.address,
+            primary_core=group.core_addresses[0],
+            target_core=fields.pop("target_core", group.core_addresses[0]),
+            cores=group.core_addresses,
+            **fields,
+        )
+
+
+def suite_name(code: int) -> str:
+    return suite_by_code(code).name

@@ -1,0 +1,516 @@
+"""smkd control messages: a CBTv1 control header and a security TLV block.
+
+Layout of every datagram (UDP port 7777, big-endian)::
+
+    0      version (4 bits) = 1, unused (4 bits)
+    1      type                    2   code        3   number of cores
+    4..5   header length (bytes)   6..7 checksum over the whole datagram
+    8      group address          12   group mask
+    16     packet origin          20   primary core
+    24     target core            28   core list (number of cores x 4 bytes)
+    then   TLVs: type (1 byte), length (2 bytes), value, in increasing type
+           order, each type at most once; the SIGNATURE TLV comes last.
+
+Types 1 to 8 are CBTv1's. Types from 0x10 are smkd's: the secure,
+non-suppressible membership report of RFC 1949 appendix B (carried here
+instead of in IGMPv3), the key delivery from a DR to its host, and the ACL
+upload from the group initiator to the primary core, which RFC 1949 leaves
+outside CBT.
+
+The signature covers every byte before the SIGNATURE TLV with the checksum
+field set to zero; the checksum is computed last, over everything.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .codec import Reader, Writer, internet_checksum
+from .documents import HostToken, SignedAcl, Token
+from .errors import MalformedMessage
+
+CBT_PORT = 7777
+VERSION = 1
+FIXED_HEADER_SIZE = 28
+MAX_CORES = 16
+
+
+class MessageType(enum.IntEnum):
+    JOIN_REQUEST = 1
+    JOIN_ACK = 2
+    JOIN_NACK = 3
+    QUIT_REQUEST = 4
+    QUIT_ACK = 5
+    FLUSH_TREE = 6
+    ECHO_REQUEST = 7
+    ECHO_REPLY = 8
+    MEMBERSHIP_REPORT = 0x10
+    KEY_DELIVERY = 0x11
+    ACL_UPLOAD = 0x12
+    ACL_ACCEPT = 0x13
+
+
+class JoinCode(enum.IntEnum):
+    ACTIVE_JOIN = 0
+    REJOIN = 1
+    REJOIN_LOOP_PROBE = 2
+
+
+class ReportCode(enum.IntEnum):
+    JOIN = 0
+    LEAVE = 1
+
+
+class TlvType(enum.IntEnum):
+    TOKEN = 1
+    HOST_TOKEN = 2
+    ACL = 3
+    SEALED_ACL = 4
+    HOST_BUNDLE = 5
+    HOP_BUNDLE = 6
+    PATH = 7
+    REASON = 8
+    SIGNATURE = 0xFF
+
+
+class ReasonCode(enum.IntEnum):
+    """Why a join was NACKed or an ACL upload rejected (0 means accepted)."""
+
+    ACCEPTED = 0
+    NOT_ON_ACL = 1
+    NO_ACL = 2
+    AUTHENTICATION_FAILED = 3
+    NO_ROUTE = 4
+    OLDER_ACL = 5
+    INVALID_ACL = 6
+
+
+@dataclass(frozen=True)
+class ControlHeader:
+    type: MessageType
+    group: str
+    origin: str = "0.0.0.0"
+    primary_core: str = "0.0.0.0"
+    target_core: str = "0.0.0.0"
+    cores: tuple[str, ...] = ()
+    code: int = 0
+    group_mask: str = "0.0.0.0"
+
+    @property
+    def length(self) -> int:
+        return FIXED_HEADER_SIZE + 4 * len(self.cores)
+
+    def encode(self, w: Writer) -> None:
+        if len(self.cores) > MAX_CORES:
+            raise ValueError(f"{len(self.cores)} cores exceed {MAX_CORES}")
+        w.push_u8(VERSION << 4)
+        w.push_u8(self.type)
+        w.push_u8(self.code)
+        w.push_u8(len(self.cores))
+        w.push_u16(self.length)
+        w.push_u16(0)  # checksum, filled in last
+        for address in (
+            self.group, self.group_mask, self.origin,
+            self.primary_core, self.target_core,
+        ):
+            w.push_address(address)
+        for core in self.cores:
+            w.push_address(core)
+
+    @classmethod
+    def decode(cls, r: Reader) -> ControlHeader:
+        first = r.pull_u8()
+        if first >> 4 != VERSION:
+            raise MalformedMessage(f"unsupported version {first >> 4}")
+        message_type = _pull_type(r)
+        code = r.pull_u8()
+        core_count = r.pull_u8()
+        if core_count > MAX_CORES:
+            raise MalformedMessage(f"{core_count} cores exceed {MAX_CORES}")
+        length = r.pull_u16()
+        r.pull_u16()  # checksum, verified over the whole datagram
+        if length != FIXED_HEADER_SIZE + 4 * core_count:
+            raise MalformedMessage(
+                f"header length {length} does not match {core_count} cores"
+            )
+        group, mask, origin, primary, target = (r.pull_address() for _ in range(5))
+        cores = tuple(r.pull_address() for _ in range(core_count))
+        return cls(message_type, group, origin, primary, target, cores, code, mask)
+
+
+def _pull_type(r: Reader) -> MessageType:
+    value = r.pull_u8()
+    try:
+        return MessageType(value)
+    except ValueError:
+        raise MalformedMessage(f"unknown message type {value}") from None
+
+
+@dataclass(frozen=True)
+class SealedBundle:
+    """A signed key bundle sealed with HPKE to one named recipient."""
+
+    recipient: str
+    sealed: bytes = field(repr=False)
+
+    def encode(self, w: Writer) -> None:
+        w.push_name(self.recipient)
+        w.push_bytes(self.sealed)
+
+    @classmethod
+    def decode(cls, r: Reader) -> SealedBundle:
+        recipient = r.pull_name("bundle recipient")
+        sealed = r.pull_bytes(r.remaining())
+        if not sealed:
+            raise MalformedMessage("empty sealed bundle")
+        return cls(recipient, sealed)
+
+
+@dataclass(frozen=True)
+class SealedAcl:
+    """A signed ACL sealed to the primary core, for groups whose membership is secret."""
+
+    sealed: bytes = field(repr=False)
+
+    def encode(self, w: Writer) -> None:
+        w.push_bytes(self.sealed)
+
+    @classmethod
+    def decode(cls, r: Reader) -> SealedAcl:
+        sealed = r.pull_bytes(r.remaining())
+        if not sealed:
+            raise MalformedMessage("empty sealed ACL")
+        return cls(sealed)
+
+
+@dataclass(frozen=True)
+class Path:
+    """The routers a join request has passed, the designated router first."""
+
+    routers: tuple[str, ...]
+
+    def encode(self, w: Writer) -> None:
+        w.push_names(self.routers)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Path:
+        return cls(r.pull_names("path router"))
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: ReasonCode
+    text: str = ""
+
+    def encode(self, w: Writer) -> None:
+        w.push_u8(self.code)
+        w.push_blob8(self.text.encode("utf-8")[:255])
+
+    @classmethod
+    def decode(cls, r: Reader) -> Reason:
+        value = r.pull_u8()
+        try:
+            code = ReasonCode(value)
+        except ValueError:
+            raise MalformedMessage(f"unknown reason code {value}") from None
+        text = r.pull_blob8().decode("utf-8", errors="replace")
+        return cls(code, text)
+
+
+@dataclass(frozen=True)
+class Signature:
+    signer: str
+    suite: int
+    value: bytes = field(repr=False)
+
+    def encode(self, w: Writer) -> None:
+        w.push_name(self.signer)
+        w.push_u8(self.suite)
+        w.push_blob16(self.value)
+
+    @classmethod
+    def decode(cls, r: Reader) -> Signature:
+        return cls(r.pull_name("signer"), r.pull_u8(), r.pull_blob16())
+
+
+# the codec of each TLV's value, keyed by type
+_TLV_CODECS: dict[TlvType, Any] = {
+    TlvType.TOKEN: Token,
+    TlvType.HOST_TOKEN: HostToken,
+    TlvType.ACL: SignedAcl,
+    TlvType.SEALED_ACL: SealedAcl,
+    TlvType.HOST_BUNDLE: SealedBundle,
+    TlvType.HOP_BUNDLE: SealedBundle,
+    TlvType.PATH: Path,
+    TlvType.REASON: Reason,
+    TlvType.SIGNATURE: Signature,
+}
+
+
+class Message:
+    """Base of every control message.
+
+    A subclass is a frozen dataclass whose first field is ``header`` and
+    whose ``LAYOUT`` lists ``(attribute, TLV type, required)`` in wire order.
+    ``signature`` and ``signed_part`` are set by :func:`decode_message`.
+    """
+
+    TYPE: ClassVar[MessageType]
+    LAYOUT: ClassVar[tuple[tuple[str, TlvType, bool], ...]]
+    header: ControlHeader
+    signature: Signature | None
+    signed_part: bytes
+
+    def encode_unsigned(self) -> bytes:
+        """Encode the header and TLVs, without the signature and checksum."""
+        if self.header.type != self.TYPE:
+            raise ValueError(f"{type(self).__name__} needs a {self.TYPE.name} header")
+        w = Writer()
+        self.header.encode(w)
+        for attribute, tlv_type, _ in self.LAYOUT:
+            value = getattr(self, attribute)
+            if value is not None:
+                _push_tlv(w, tlv_type, value)
+        return w.getvalue()
+
+
+def _push_tlv(w: Writer, tlv_type: TlvType, value: Any) -> None:
+    inner = Writer()
+    value.encode(inner)
+    w.push_u8(tlv_type)
+    w.push_blob16(inner.getvalue())
+
+
+@dataclass(frozen=True)
+class JoinRequest(Message):
+    TYPE = MessageType.JOIN_REQUEST
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("host_token", TlvType.HOST_TOKEN, True),
+        ("path", TlvType.PATH, True),
+    )
+    header: ControlHeader
+    token: Token
+    host_token: HostToken
+    path: Path
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class JoinAck(Message):
+    TYPE = MessageType.JOIN_ACK
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("host_token", TlvType.HOST_TOKEN, True),
+        ("acl", TlvType.ACL, True),
+        ("host_bundle", TlvType.HOST_BUNDLE, True),
+        ("hop_bundle", TlvType.HOP_BUNDLE, False),
+    )
+    header: ControlHeader
+    token: Token
+    host_token: HostToken
+    acl: SignedAcl
+    host_bundle: SealedBundle
+    hop_bundle: SealedBundle | None = None
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class JoinNack(Message):
+    TYPE = MessageType.JOIN_NACK
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("host_token", TlvType.HOST_TOKEN, True),
+        ("reason", TlvType.REASON, True),
+    )
+    header: ControlHeader
+    token: Token
+    host_token: HostToken
+    reason: Reason
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class MembershipReport(Message):
+    """Appendix B's secure report: code JOIN or LEAVE, never suppressed."""
+
+    TYPE = MessageType.MEMBERSHIP_REPORT
+    LAYOUT = (("host_token", TlvType.HOST_TOKEN, True),)
+    header: ControlHeader
+    host_token: HostToken
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class KeyDelivery(Message):
+    """``A --> h: [[token_h]^SK_h, {grpKey, KEK, Sparams}^PK_h]``, signed by A."""
+
+    TYPE = MessageType.KEY_DELIVERY
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("host_token", TlvType.HOST_TOKEN, True),
+        ("acl", TlvType.ACL, True),
+        ("host_bundle", TlvType.HOST_BUNDLE, True),
+    )
+    header: ControlHeader
+    token: Token
+    host_token: HostToken
+    acl: SignedAcl
+    host_bundle: SealedBundle
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class AclUpload(Message):
+    """The initiator's signed ACL, in clear or sealed to the primary core."""
+
+    TYPE = MessageType.ACL_UPLOAD
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("acl", TlvType.ACL, False),
+        ("sealed_acl", TlvType.SEALED_ACL, False),
+    )
+    header: ControlHeader
+    token: Token
+    acl: SignedAcl | None = None
+    sealed_acl: SealedAcl | None = None
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if (self.acl is None) == (self.sealed_acl is None):
+            raise MalformedMessage("an ACL upload carries exactly one ACL")
+
+
+@dataclass(frozen=True)
+class AclAccept(Message):
+    """The primary core's answer to an ACL upload (reason ACCEPTED or why not)."""
+
+    TYPE = MessageType.ACL_ACCEPT
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("reason", TlvType.REASON, True),
+    )
+    header: ControlHeader
+    token: Token
+    reason: Reason
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class TreeMessage(Message):
+    """QUIT, FLUSH-TREE and ECHO messages: a header and the sender's token."""
+
+    TYPE = MessageType.ECHO_REQUEST
+    LAYOUT = (("token", TlvType.TOKEN, True),)
+    header: ControlHeader
+    token: Token
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+    def encode_unsigned(self) -> bytes:
+        if self.header.type not in _TREE_TYPES:
+            raise ValueError(f"{self.header.type.name} is not a tree message")
+        w = Writer()
+        self.header.encode(w)
+        _push_tlv(w, TlvType.TOKEN, self.token)
+        return w.getvalue()
+
+
+_TREE_TYPES = frozenset({
+    MessageType.QUIT_REQUEST, MessageType.QUIT_ACK, MessageType.FLUSH_TREE,
+    MessageType.ECHO_REQUEST, MessageType.ECHO_REPLY,
+})
+
+MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        JoinRequest, JoinAck, JoinNack, MembershipReport, KeyDelivery,
+        AclUpload, AclAccept,
+    )
+}
+for _tree_type in _TREE_TYPES:
+    MESSAGE_CLASSES[_tree_type] = TreeMessage
+
+
+def sign_message(unsigned: bytes, signature: Signature) -> bytes:
+    """Append the SIGNATURE TLV to ``unsigned`` and fill in the checksum."""
+    w = Writer()
+    w.push_bytes(unsigned)
+    _push_tlv(w, TlvType.SIGNATURE, signature)
+    datagram = bytearray(w.getvalue())
+    datagram[6:8] = internet_checksum(bytes(datagram)).to_bytes(2, "big")
+    return bytes(datagram)
+
+
+def decode_message(datagram: bytes, check_checksum: bool = True) -> Message:
+    """Decode one datagram; raise :class:`MalformedMessage` for anything wrong."""
+    if check_checksum and internet_checksum(datagram) != 0:
+        raise MalformedMessage("bad checksum")
+    r = Reader(datagram)
+    header = ControlHeader.decode(r)
+    values, signature, signature_at = _pull_tlvs(r)
+    if signature is None:
+        raise MalformedMessage("missing signature")
+
+    signed_part = bytearray(datagram[:signature_at])
+    signed_part[6:8] = b"\0\0"
+    cls = MESSAGE_CLASSES[header.type]
+    fields = _fields_for(cls, header, values)
+    return cls(
+        header=header, signature=signature, signed_part=bytes(signed_part), **fields
+    )
+
+
+def _pull_tlvs(r: Reader) -> tuple[dict[TlvType, Any], Signature | None, int]:
+    values: dict[TlvType, Any] = {}
+    last_type = 0
+    while not r.at_end():
+        start = r.position
+        raw_type = r.pull_u8()
+        value_bytes = r.pull_blob16()
+        if raw_type <= last_type:
+            raise MalformedMessage(f"TLV type {raw_type} out of order or repeated")
+        try:
+            tlv_type = TlvType(raw_type)
+        except ValueError:
+            raise MalformedMessage(f"unknown TLV type {raw_type}") from None
+        inner = Reader(value_bytes)
+        value = _TLV_CODECS[tlv_type].decode(inner)
+        inner.expect_end(f"TLV {tlv_type.name}")
+        last_type = raw_type
+        if tlv_type is TlvType.SIGNATURE:
+            r.expect_end("the signature")
+            return values, value, start
+        values[tlv_type] = value
+    return values, None, r.position
+
+
+def _fields_for(
+    cls: type[Message], header: ControlHeader, values: dict[TlvType, Any]
+) -> dict[str, Any]:
+    layout = cls.LAYOUT
+    fields = {}
+    for attribute, tlv_type, required in layout:
+        value = values.pop(tlv_type, None)
+        if value is None and required:
+            raise MalformedMessage(f"{header.type.name} lacks its {tlv_type.name} TLV")
+        fields[attribute] = value
+    if values:
+        names = ", ".join(t.name for t in values)
+        raise MalformedMessage(f"{header.type.name} cannot carry {names}")
+    return fields
+
+
+def replace(message: Message, **changes: Any) -> Message:
+    """Return a copy of ``message`` with fields changed, as dataclasses.replace."""
+    return dataclasses.replace(message, **changes)  # type: ignore[type-var]
