@@ -1,0 +1,63 @@
+"""Backends start and stop a topology's agents and apply link and node faults.
+
+Every backend implements :class:`Backend`; the runner uses nothing else, so a
+new backend (Mininet, Docker, a cluster engine) plugs in without changes to
+the runner.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+
+from ..control import send_command
+from ..model import Impairment, Topology
+
+
+class Backend(abc.ABC):
+    name: str = "?"
+
+    def __init__(self, topology: Topology, run_dir: Path, configs: dict[str, Path],
+                 control_dir: Path):
+        self.topology = topology
+        self.run_dir = run_dir
+        self.configs = configs
+        self.control_dir = control_dir
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Start every agent; return once each has bound its sockets."""
+
+    @abc.abstractmethod
+    async def stop(self) -> None:
+        """Stop every agent and release everything the backend created."""
+
+    @abc.abstractmethod
+    async def stop_node(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def start_node(self, name: str) -> None: ...
+
+    @abc.abstractmethod
+    async def set_link(
+        self, segment: str, up: bool | None = None, impairment: Impairment | None = None
+    ) -> None:
+        """Bring a link or LAN up or down, or change its impairments."""
+
+    async def command(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
+        return await send_command(self.control_dir / f"{node}.sock", request)
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the run summary, such as how links are emulated."""
+        return {"backend": self.name}
+
+
+def get_backend(name: str) -> type[Backend]:
+    if name == "local":
+        from .local import LocalBackend
+
+        return LocalBackend
+    raise ConfigError(f"unknown backend {name!r}; available: local")

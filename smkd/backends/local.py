@@ -1,0 +1,76 @@
+"""The local backend: every agent in this process, on its own 127.x.y.z address.
+
+It needs no root, containers or Mininet. Links are emulated by the agents
+where they send, and captures are written by the agents as datagrams cross
+each emulated link.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from node.agent import Agent
+from node.capture import CaptureRegistry
+from node.config import load_agent_config
+from node.errors import ConfigError
+
+from ..configs import segment_members, segment_peers
+from ..model import Impairment
+from . import Backend
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.captures = CaptureRegistry()
+        self.agents: dict[str, Agent] = {}
+
+    async def start(self) -> None:
+        for name in self.configs:
+            await self.start_node(name)
+
+    async def start_node(self, name: str) -> None:
+        if name in self.agents:
+            raise ConfigError(f"node {name} is already running")
+        agent = Agent(load_agent_config(self.configs[name]), self.captures)
+        self.agents[name] = agent
+        await agent.start()
+
+    async def stop_node(self, name: str) -> None:
+        agent = self.agents.pop(name, None)
+        if agent is None:
+            raise ConfigError(f"node {name} is not running")
+        agent.stop()
+
+    async def stop(self) -> None:
+        for name in list(self.agents):
+            self.agents.pop(name).stop()
+        self.captures.close()
+
+    async def set_link(
+        self, segment: str, up: bool | None = None, impairment: Impairment | None = None
+    ) -> None:
+        found = self.topology.segment(segment)
+        if found is None:
+            raise ConfigError(f"no link or LAN named {segment!r}")
+        request: dict[str, Any] = {"cmd": "link", "link": segment}
+        if up is not None:
+            request["up"] = up
+        if impairment is not None:
+            request["impairment"] = dataclasses.asdict(impairment)
+        # each end emulates its own sending direction, so tell every member
+        for member in segment_members(found):
+            agent = self.agents.get(member)
+            if agent is not None and segment_peers(self.topology, found, member):
+                agent.handle_command(json.dumps(request).encode())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "link_emulation": "agent-side (delay, jitter, loss, bandwidth)",
+            "captures": "written by the agents, one pcap per link or LAN",
+        }
