@@ -73,6 +73,7 @@ def parse_agent_config(document: dict[str, Any], base: Path) -> AgentConfig:
         address=document["address"],
         groups=tuple(_group(g) for g in document.get("groups", [])),
         neighbours=dict(document.get("neighbours", {})),
+        peer_addresses=dict(document.get("peer_addresses", {})),
         routes=dict(document.get("routes", {})),
         gateway=document.get("gateway"),
         token_window=float(document.get("token_window", 30.0)),

@@ -93,7 +93,7 @@ class Host(Machine):
         dr = self.lookup(self.config.gateway, group, now, ("router", "core"))
         header = ControlHeader(MessageType.MEMBERSHIP_REPORT, group.address,
                                origin=self.config.address, code=code)
-        self.send(MembershipReport(header, token), group, dr.address, dr.name)
+        self.send(MembershipReport(header, token), group, dr)
         self.trace(now, "report_sent", group=group.name, peer=dr.name,
                    code=code.name.lower(), attempt=membership.reports_sent)
 
@@ -193,7 +193,7 @@ class Initiator(Machine):
             message = AclUpload(header, token, sealed_acl=SealedAcl(sealed))
         else:
             message = AclUpload(header, token, acl=signed)
-        self.send(message, group, core.address, core.name)
+        self.send(message, group, core)
         upload["attempts"] += 1
         upload["next"] = now + self.config.timers.report_interval
         self.trace(now, "acl_uploaded", group=group.name, peer=core.name,

@@ -74,9 +74,15 @@ class GroupConfig:
 class NodeConfig:
     """One node's view of the network.
 
-    ``neighbours`` maps each directly connected node's address to its name;
-    ``routes`` maps a destination address to the next hop address (routers);
-    ``gateway`` is a host's or initiator's designated router, by name.
+    ``address`` is the node's identity address: its certificate carries it
+    and CBT header fields use it. ``neighbours`` maps the transport address of
+    each directly connected node to its name, and ``peer_addresses`` maps a
+    peer's name to the transport address to send to and expect datagrams
+    from, where that differs from its identity address (a container or
+    namespace reaches a neighbour at the neighbour's address on their shared
+    link). ``routes`` maps a destination identity address to the next hop's
+    transport address (routers); ``gateway`` is a host's or initiator's
+    designated router, by name.
     """
 
     name: str
@@ -84,6 +90,7 @@ class NodeConfig:
     address: str
     groups: tuple[GroupConfig, ...] = ()
     neighbours: dict[str, str] = field(default_factory=dict)
+    peer_addresses: dict[str, str] = field(default_factory=dict)
     routes: dict[str, str] = field(default_factory=dict)
     gateway: str | None = None
     token_window: float = 30.0
@@ -262,10 +269,15 @@ class Machine:
     ) -> Peer:
         return self.directory.lookup(name, group.suite, now, roles)
 
+    def address_of(self, peer: Peer) -> str:
+        """Return the transport address at which this node reaches ``peer``."""
+        return self.config.peer_addresses.get(peer.name, peer.address)
+
     def _check_source(self, peer: Peer, source: str, message_type: MessageType) -> None:
-        if peer.address != source:
+        expected = self.address_of(peer)
+        if expected != source:
             raise AuthenticationFailed(
-                f"{peer.name} is at {peer.address}, datagram came from {source}",
+                f"{peer.name} is at {expected}, datagram came from {source}",
                 reason="wrong-source",
             )
         if message_type not in END_TO_END and source not in self.config.neighbours:
@@ -345,12 +357,12 @@ class Machine:
             unsigned.nonce, unsigned.suite, signature,
         )
 
-    def send(self, message: Message, group: GroupConfig, destination: str, peer: str) -> None:
+    def send(self, message: Message, group: GroupConfig, peer: Peer) -> None:
         unsigned = message.encode_unsigned()
         value = self.identity.sign(group.suite, unsigned)
         datagram = sign_message(unsigned, Signature(self.name, group.suite_code, value))
         self.counters[f"sent:{message.header.type.name}"] += 1
-        self._outputs.append(Transmit(destination, datagram, peer))
+        self._outputs.append(Transmit(self.address_of(peer), datagram, peer.name))
 
     def header(self, message_type: MessageType, group: GroupConfig, **fields: Any) -> ControlHeader:
         return ControlHeader(

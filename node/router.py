@@ -238,7 +238,7 @@ class Router(Machine):
                              target_core=request.target_core)
         join = JoinRequest(header, self.new_token(upstream, now), request.host_token,
                            Path(request.path + (self.name,)))
-        self.send(join, group, peer.address, peer.name)
+        self.send(join, group, peer)
         self.trace(now, "join_sent", group=group.name, peer=upstream,
                    host=request.host, attempt=request.attempts)
 
@@ -311,7 +311,7 @@ class Router(Machine):
                              target_core=request.target_core)
         ack = JoinAck(header, self.new_token(child.name, now), request.host_token,
                       state.acl, host_bundle, hop_bundle)
-        self.send(ack, group, child.address, child.name)
+        self.send(ack, group, child)
         self.trace(now, "ack_sent", group=group.name, peer=child.name,
                    host=request.host,
                    hop_bundle_for=hop_bundle.recipient if hop_bundle else None)
@@ -325,7 +325,7 @@ class Router(Machine):
         header = self.header(MessageType.KEY_DELIVERY, group, origin=self.config.address)
         delivery = KeyDelivery(header, self.new_token(host.name, now),
                                request.host_token, state.acl, host_bundle)
-        self.send(delivery, group, host.address, host.name)
+        self.send(delivery, group, host)
         state.members.add(host.name)
         self.trace(now, "keys_delivered", group=group.name, host=host.name)
 
@@ -344,7 +344,7 @@ class Router(Machine):
                              target_core=request.target_core)
         nack = JoinNack(header, self.new_token(child.name, now), request.host_token,
                         Reason(code, text))
-        self.send(nack, group, child.address, child.name)
+        self.send(nack, group, child)
         self.trace(now, "nack_sent", group=group.name, peer=child.name,
                    host=request.host, reason=code.name.lower().replace("_", "-"))
 
@@ -518,7 +518,7 @@ class Router(Machine):
         peer = received.peer
         header = self.header(MessageType.ACL_ACCEPT, group, origin=self.config.address)
         answer = AclAccept(header, self.new_token(peer.name, now), Reason(code, text))
-        self.send(answer, group, peer.address, peer.name)
+        self.send(answer, group, peer)
 
     # timers: join retransmission and expiry
 
