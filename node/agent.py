@@ -107,7 +107,8 @@ class Agent:
         node = self.config.node
         try:
             self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: _DatagramProtocol(self), local_addr=(node.address, self.config.port)
+                lambda: _DatagramProtocol(self),
+                local_addr=(self.config.bind or node.address, self.config.port),
             )
         except OSError as error:
             raise ConfigError(
@@ -215,10 +216,9 @@ class Agent:
     def _send_now(self, transmit: Transmit, capture: PcapWriter | None) -> None:
         if self._transport is None or self._stopped.is_set():
             return
-        address = self.config.node.address
         self._transport.sendto(transmit.datagram, (transmit.destination, self.config.port))
         if capture is not None and not capture.closed:
-            capture.write_udp(time.time(), address, transmit.destination,
+            capture.write_udp(time.time(), self.config.node.address, transmit.destination,
                               transmit.datagram, self.config.port, self.config.port)
 
     # timers

@@ -44,6 +44,7 @@ class AgentConfig:
     unicast_capture: Path | None = None
     seed: int | None = None
     emulate_links: bool = True
+    bind: str | None = None
 
 
 def load_agent_config(path: str | Path) -> AgentConfig:
@@ -100,6 +101,7 @@ def parse_agent_config(document: dict[str, Any], base: Path) -> AgentConfig:
         unicast_capture=resolve(document.get("unicast_capture")),
         seed=document.get("seed"),
         emulate_links=bool(document.get("emulate_links", True)),
+        bind=document.get("bind"),
     )
 
 

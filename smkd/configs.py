@@ -10,14 +10,16 @@ Run directory layout::
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import networkx as nx
 
+from node.errors import ConfigError
 from node.pki import generate_pki
 
 from .model import Group, Lan, Link, Topology
@@ -40,6 +42,53 @@ def prepare_pki(topology: Topology, run_dir: Path, now: float | None = None) -> 
     return pki_dir
 
 
+@dataclass(frozen=True)
+class LinkAddressing:
+    """Interface addresses for backends where every node has real interfaces.
+
+    Each link or LAN gets its own /24 from 10.0.0.0/8, in topology order, and
+    its members get .2, .3, ... in member order (.1 is left for a container
+    network's gateway). Identity addresses stay as the topology assigns them.
+    """
+
+    subnets: dict[str, ipaddress.IPv4Network]
+    addresses: dict[tuple[str, str], str]
+
+    MAX_MEMBERS = 250
+
+    @classmethod
+    def assign(cls, topology: Topology) -> LinkAddressing:
+        subnets = {}
+        addresses = {}
+        for index, segment in enumerate([*topology.links, *topology.lans]):
+            members = segment_members(segment)
+            if len(members) > cls.MAX_MEMBERS:
+                raise ConfigError(
+                    f"{segment.name} has {len(members)} members; backends with real "
+                    f"interfaces take at most {cls.MAX_MEMBERS} per link or LAN"
+                )
+            subnet = ipaddress.IPv4Network((10 << 24 | index << 8, 24))
+            subnets[segment.name] = subnet
+            for offset, member in enumerate(members, start=2):
+                addresses[(member, segment.name)] = str(subnet.network_address + offset)
+        return cls(subnets, addresses)
+
+    def interfaces(self, node: str) -> dict[str, str]:
+        """Return segment name -> this node's address on it."""
+        return {seg: addr for (name, seg), addr in self.addresses.items() if name == node}
+
+    def reach(self, graph: nx.Graph, node: str, peer: str) -> str:
+        """Return the address at which ``node`` reaches ``peer``.
+
+        That is the peer's address on a segment they share, or else the
+        peer's address on its first segment, reached through kernel routes.
+        """
+        if graph.has_edge(node, peer):
+            segment = graph.edges[node, peer]["segment"]
+            return self.addresses[(peer, segment)]
+        return next(iter(self.interfaces(peer).values()))
+
+
 def write_node_configs(
     topology: Topology,
     run_dir: Path,
@@ -47,8 +96,16 @@ def write_node_configs(
     control_dir: Path,
     now: float | None = None,
     port: int = 7777,
+    addressing: LinkAddressing | None = None,
+    agent_captures: bool = True,
 ) -> dict[str, Path]:
-    """Write every node's agent config; return node name -> config path."""
+    """Write every node's agent config; return node name -> config path.
+
+    Without ``addressing`` every node uses its identity address on loopback
+    (the local backend). With it, nodes bind every interface and reach peers
+    at their link addresses. ``agent_captures`` makes agents write the pcaps,
+    for backends that cannot run tcpdump on an interface.
+    """
     if now is None:
         now = time.time()
     configs_dir = run_dir / "configs"
@@ -57,22 +114,56 @@ def write_node_configs(
     (run_dir / "captures").mkdir(exist_ok=True)
 
     graph = topology.graph()
-    routes = compute_routes(topology, graph)
+    routes = compute_routes(topology, graph, addressing)
     paths = {}
     for name in topology.nodes:
         document = node_config(topology, graph, name, routes.get(name, {}), seed,
                                control_dir, now, port)
+        if addressing is not None:
+            _use_link_addresses(document, topology, graph, addressing)
+        if not agent_captures:
+            for link in document["links"]:
+                link["capture"] = None
+            document["unicast_capture"] = None
         path = configs_dir / f"{name}.json"
         path.write_text(json.dumps(document, indent=1))
         paths[name] = path
     return paths
 
 
+def _use_link_addresses(
+    document: dict, topology: Topology, graph: nx.Graph, addressing: LinkAddressing
+) -> None:
+    name = document["name"]
+    peers = set(graph.neighbors(name))
+    for group in topology.groups.values():
+        # the ACL upload travels end to end between initiator and primary core
+        if name == group.initiator:
+            peers.add(group.cores[0])
+        if name == group.cores[0]:
+            peers.add(group.initiator)
+    document["bind"] = "0.0.0.0"
+    document["interfaces"] = addressing.interfaces(name)
+    document["neighbours"] = {
+        addressing.reach(graph, name, n): n for n in sorted(graph.neighbors(name))
+    }
+    document["peer_addresses"] = {p: addressing.reach(graph, name, p) for p in sorted(peers)}
+    for link in document["links"]:
+        link["peers"] = {
+            addressing.addresses[(peer, link["name"])]: peer
+            for peer in link["peers"].values()
+        }
+
+
 def compute_routes(
-    topology: Topology, graph: nx.Graph | None = None
+    topology: Topology,
+    graph: nx.Graph | None = None,
+    addressing: LinkAddressing | None = None,
 ) -> dict[str, dict[str, str]]:
     """Return, per router or core, destination address -> next hop address.
 
+    Destinations are identity addresses. The next hop is the neighbour's
+    identity address, or its link address when ``addressing`` is given.
     Routes use shortest paths by link delay over routers and cores only:
     hosts never forward.
     """
@@ -88,7 +179,9 @@ def compute_routes(
             transit, source, weight=lambda a, b, d: d["delay"] + HOP_COST
         )
         routes[source] = {
-            address[target]: address[path[1]]
+            address[target]: (
+                addressing.reach(graph, source, path[1]) if addressing else address[path[1]]
+            )
             for target, path in paths.items()
             if len(path) > 1
         }

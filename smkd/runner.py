@@ -23,7 +23,7 @@ from typing import Any
 from node.errors import ConfigError, SmkdError
 
 from .backends import Backend, get_backend
-from .configs import prepare_pki, write_node_configs
+from .configs import prepare_pki
 from .expect import Outcome, RunRecord, evaluate
 from .model import Action, Impairment, Scenario, ValidationError, load_scenario
 from .outputs import write_junit, write_summary
@@ -112,9 +112,9 @@ class Runner:
         topology = self.scenario.topology
         self.progress(f"preparing {len(topology.nodes)} nodes in {self.run_dir}")
         prepare_pki(topology, self.run_dir)
-        configs = write_node_configs(topology, self.run_dir, self.scenario.seed,
-                                     control_dir)
         backend_class = get_backend(self.backend_name)
+        configs = backend_class.write_configs(topology, self.run_dir,
+                                              self.scenario.seed, control_dir)
         return backend_class(topology, self.run_dir, configs, control_dir)
 
     async def _bring_up(self) -> None:
@@ -312,7 +312,7 @@ def run_scenario(path: str | Path, backend: str = "local", out: str | None = Non
                  quiet: bool = False) -> RunResult:
     """Run one scenario file end to end; raise ValidationError for invalid input."""
     scenario = load_scenario(path)
-    get_backend(backend)
+    get_backend(backend).check_available()
     run_dir = make_run_dir(scenario, out)
     handler = _log_to_file(run_dir)
     progress = Progress(quiet)

@@ -13,12 +13,24 @@ from typing import Any
 
 from node.errors import ConfigError
 
+from ..configs import write_node_configs
 from ..control import send_command
 from ..model import Impairment, Topology
 
 
 class Backend(abc.ABC):
     name: str = "?"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise ConfigError saying what is missing and how to install it."""
+
+    @classmethod
+    def write_configs(
+        cls, topology: Topology, run_dir: Path, seed: int, control_dir: Path
+    ) -> dict[str, Path]:
+        """Write the agents' configs in the addressing this backend needs."""
+        return write_node_configs(topology, run_dir, seed, control_dir)
 
     def __init__(self, topology: Topology, run_dir: Path, configs: dict[str, Path],
                  control_dir: Path):
