@@ -77,7 +77,23 @@ def _count(number: int, noun: str) -> str:
     return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
 
 
-SUBCOMMANDS: list[Callable[[SubParsers], None]] = [add_validate_parser]
+def add_run_parser(subparsers: SubParsers) -> None:
+    from smkd.runner import add_run_parser as add
+
+    add(subparsers)
+
+
+def add_import_zoo_parser(subparsers: SubParsers) -> None:
+    from smkd.zoo import add_parser
+
+    add_parser(subparsers)
+
+
+SUBCOMMANDS: list[Callable[[SubParsers], None]] = [
+    add_run_parser,
+    add_validate_parser,
+    add_import_zoo_parser,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -109,10 +109,14 @@ class Runner:
         return self.result
 
     def _prepare(self, control_dir: Path) -> Backend:
-        topology = self.scenario.topology
+        backend_class = get_backend(self.backend_name)
+        topology = backend_class.place(self.scenario.topology)
+        if topology is not self.scenario.topology:
+            first = next(iter(topology.nodes.values())).address
+            self.progress(f"default addresses are busy (another run?); using {first} on")
+            self.scenario = dataclasses.replace(self.scenario, topology=topology)
         self.progress(f"preparing {len(topology.nodes)} nodes in {self.run_dir}")
         prepare_pki(topology, self.run_dir)
-        backend_class = get_backend(self.backend_name)
         configs = backend_class.write_configs(topology, self.run_dir,
                                               self.scenario.seed, control_dir)
         return backend_class(topology, self.run_dir, configs, control_dir)

@@ -26,6 +26,11 @@ class Backend(abc.ABC):
         """Raise ConfigError saying what is missing and how to install it."""
 
     @classmethod
+    def place(cls, topology: Topology) -> Topology:
+        """Return the topology with the identity addresses this backend will use."""
+        return topology
+
+    @classmethod
     def write_configs(
         cls, topology: Topology, run_dir: Path, seed: int, control_dir: Path
     ) -> dict[str, Path]:

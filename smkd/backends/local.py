@@ -8,7 +8,9 @@ each emulated link.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import socket
 from typing import Any
 
 from node.agent import Agent
@@ -17,12 +19,35 @@ from node.config import load_agent_config
 from node.errors import ConfigError
 
 from ..configs import segment_members, segment_peers
-from ..model import Impairment
+from ..model import Impairment, Topology
 from . import Backend
+
+PORT = 7777
 
 
 class LocalBackend(Backend):
     name = "local"
+
+    @classmethod
+    def place(cls, topology: Topology) -> Topology:
+        """Move the topology to a free 127.k.0.0/16 block if its addresses are taken.
+
+        Another run on this machine may hold the addresses; shifting the
+        second octet keeps each node's last two octets.
+        """
+        if _all_free(n.address for n in topology.nodes.values()):
+            return topology
+        for block in range(2, 255):
+            nodes = {
+                name: dataclasses.replace(node, address=_in_block(node.address, block))
+                for name, node in topology.nodes.items()
+            }
+            if _all_free(n.address for n in nodes.values()):
+                return dataclasses.replace(topology, nodes=nodes)
+        raise ConfigError(
+            f"no free 127.k.0.0/16 block has UDP port {PORT} free for all "
+            f"{len(topology.nodes)} nodes; stop other smkd runs and try again"
+        )
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -74,3 +99,20 @@ class LocalBackend(Backend):
             "link_emulation": "agent-side (delay, jitter, loss, bandwidth)",
             "captures": "written by the agents, one pcap per link or LAN",
         }
+
+
+def _in_block(address: str, block: int) -> str:
+    octets = ipaddress.IPv4Address(address).packed
+    return str(ipaddress.IPv4Address(bytes([127, block]) + octets[2:]))
+
+
+def _all_free(addresses) -> bool:
+    for address in addresses:
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.bind((address, PORT))
+        except OSError:
+            return False
+        finally:
+            probe.close()
+    return True
