@@ -251,6 +251,10 @@ class Agent:
                     break
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            # the event loop is shutting down with a client still connected;
+            # ending quietly keeps asyncio from logging the cancellation
+            pass
         finally:
             writer.close()
 

@@ -36,6 +36,10 @@ async def send_command(
         raise ControlError(f"no answer from the agent at {path}: {error!r}") from None
     finally:
         writer.close()
+        try:
+            await writer.wait_closed()
+        except OSError:
+            pass
     if not line:
         raise ControlError(f"the agent at {path} closed the connection")
     response = json.loads(line)
