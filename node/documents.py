@@ -56,7 +56,7 @@ class Token:
 class HostToken:
     """A host's token ``[t, r]^SK_h``: no recipient, signed by the host.
 
-    The host does not know which GKDC will answer its join, so its token names
+    The host cannot tell which GKDC will acknowledge its join, so its token names
     no recipient (RFC 1949, section 6.2); it names the group instead.
     """
 
@@ -126,7 +126,7 @@ class GroupAcl:
         return listed if self.mode is AclMode.INCLUDE else not listed
 
     def may_hold_keys(self, router: str, role: str) -> bool:
-        """Whether ``router`` (role router or core) may become a GKDC."""
+        """Return whether ``router`` (role router or core) may become a GKDC."""
         if self.strict and role != "core":
             return False
         if self.trusted_routers is None:

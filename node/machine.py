@@ -1,4 +1,4 @@
-"""What every smkd state machine shares: config, outputs and authentication.
+"""The parts every smkd state machine shares: config, outputs and authentication.
 
 A machine never touches a socket, a clock or the system random source. Its
 caller passes datagrams in with their source address and the current time
@@ -46,7 +46,7 @@ class Timers:
 
 @dataclass(frozen=True)
 class GroupConfig:
-    """What a node knows of a group before joining: CBT's configured core list.
+    """A node's configuration of one group: CBT's configured core list and more.
 
     ``acl`` is set only in the initiator's config: the list it signs and
     uploads. ``seal_acl`` seals that upload to the primary core.

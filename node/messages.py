@@ -77,7 +77,7 @@ class TlvType(enum.IntEnum):
 
 
 class ReasonCode(enum.IntEnum):
-    """Why a join was NACKed or an ACL upload rejected (0 means accepted)."""
+    """The reason a join was NACKed or an ACL upload rejected (0 means accepted)."""
 
     ACCEPTED = 0
     NOT_ON_ACL = 1
@@ -392,7 +392,7 @@ class AclUpload(Message):
 
 @dataclass(frozen=True)
 class AclAccept(Message):
-    """The primary core's answer to an ACL upload (reason ACCEPTED or why not)."""
+    """The primary core's reply to an ACL upload, with its reason code."""
 
     TYPE = MessageType.ACL_ACCEPT
     LAYOUT = (
