@@ -87,7 +87,9 @@ class Agent:
         self.captures = captures if captures is not None else CaptureRegistry()
         identity = Identity.load(config.pki_dir, self.name, config.suites)
         directory = Directory(config.pki_dir)
-        self.machine: Machine = make_machine(config.node, identity, directory, os.urandom)
+        self.machine: Machine = make_machine(
+            config.node, identity, directory, os.urandom
+        )
         self.trace = TraceWriter(config.trace_path, self.name)
         self.logged_drops: Counter[tuple[str, str]] = Counter()
         self.links: dict[str, _Link] = {}
@@ -116,8 +118,13 @@ class Agent:
             ) from None
         if self.config.control_path is not None:
             await self._start_control(self.config.control_path)
-        log.info("%s: %s started on %s:%d", self.name, node.role, node.address,
-                 self.config.port)
+        log.info(
+            "%s: %s started on %s:%d",
+            self.name,
+            node.role,
+            node.address,
+            self.config.port,
+        )
         self.machine.start(time.time())
         self._flush()
 
@@ -139,7 +146,9 @@ class Agent:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
             path.unlink()
-        self._control = await asyncio.start_unix_server(self._serve_control, path=str(path))
+        self._control = await asyncio.start_unix_server(
+            self._serve_control, path=str(path)
+        )
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
@@ -180,17 +189,25 @@ class Agent:
     def _record(self, event: TraceEvent) -> None:
         self.trace.write(event)
         if event.name == "drop":
-            self._log_drop(event.fields.get("peer", "?"), event.fields.get("reason", "?"),
-                           event.fields.get("detail", ""))
+            self._log_drop(
+                event.fields.get("peer", "?"),
+                event.fields.get("reason", "?"),
+                event.fields.get("detail", ""),
+            )
 
     def _log_drop(self, peer: str, reason: str, detail: str) -> None:
         # each (peer, reason) is logged once; the machine's counters keep the count
         key = (peer, reason)
         self.logged_drops[key] += 1
         if self.logged_drops[key] == 1:
-            log.warning("%s: dropped datagram from %s: %s (%s); further drops "
-                        "for this reason are counted, not logged",
-                        self.name, peer, reason, detail)
+            log.warning(
+                "%s: dropped datagram from %s: %s (%s); further drops "
+                "for this reason are counted, not logged",
+                self.name,
+                peer,
+                reason,
+                detail,
+            )
 
     def _transmit(self, transmit: Transmit) -> None:
         link = self._links_by_peer.get(transmit.destination)
@@ -204,22 +221,39 @@ class Agent:
             return
         outcome = link.egress.transmit(len(transmit.datagram))
         if outcome.deliver_at is None:
-            self._record(TraceEvent(time.time(), "link_drop", {
-                "link": link.config.name, "peer": transmit.peer,
-                "reason": str(outcome.drop_reason), "size": len(transmit.datagram),
-            }))
+            self._record(
+                TraceEvent(
+                    time.time(),
+                    "link_drop",
+                    {
+                        "link": link.config.name,
+                        "peer": transmit.peer,
+                        "reason": str(outcome.drop_reason),
+                        "size": len(transmit.datagram),
+                    },
+                )
+            )
             return
         assert self._loop is not None
-        schedule_delivery(self._loop, outcome.deliver_at, self._send_now, transmit,
-                          link.capture)
+        schedule_delivery(
+            self._loop, outcome.deliver_at, self._send_now, transmit, link.capture
+        )
 
     def _send_now(self, transmit: Transmit, capture: PcapWriter | None) -> None:
         if self._transport is None or self._stopped.is_set():
             return
-        self._transport.sendto(transmit.datagram, (transmit.destination, self.config.port))
+        self._transport.sendto(
+            transmit.datagram, (transmit.destination, self.config.port)
+        )
         if capture is not None and not capture.closed:
-            capture.write_udp(time.time(), self.config.node.address, transmit.destination,
-                              transmit.datagram, self.config.port, self.config.port)
+            capture.write_udp(
+                time.time(),
+                self.config.node.address,
+                transmit.destination,
+                transmit.datagram,
+                self.config.port,
+                self.config.port,
+            )
 
     # timers
 
@@ -276,8 +310,10 @@ class Agent:
         if command in ("join", "leave"):
             method = getattr(self.machine, command, None)
             if method is None:
-                raise ValueError(f"{self.name} is a {self.config.node.role}: only hosts "
-                                 f"{command} groups")
+                raise ValueError(
+                    f"{self.name} is a {self.config.node.role}: only hosts "
+                    f"{command} groups"
+                )
             method(request["group"], now)
             self._flush()
             return {}
@@ -290,18 +326,29 @@ class Agent:
         if command in ("send", "rekey"):
             # NOTE: group data and re-keying are not part of the protocol core yet
             raise ValueError(f"command {command!r} is not supported by this agent yet")
-        raise ValueError(f"unknown command {command!r}; expected status, join, leave, "
-                         "send, rekey, link or stop")
+        raise ValueError(
+            f"unknown command {command!r}; expected status, join, leave, "
+            "send, rekey, link or stop"
+        )
 
     def _set_link(self, request: dict[str, Any]) -> None:
         link = self.links.get(request["link"])
         if link is None:
-            raise ValueError(f"{self.name} has no link {request['link']!r} "
-                             f"(has: {', '.join(sorted(self.links)) or 'none'})")
+            raise ValueError(
+                f"{self.name} has no link {request['link']!r} "
+                f"(has: {', '.join(sorted(self.links)) or 'none'})"
+            )
         if "up" in request:
             link.egress.set_up(bool(request["up"]))
         if "impairment" in request:
             link.egress.update(Impairment(**request["impairment"]))
-        self._record(TraceEvent(time.time(), "link_changed", {
-            "link": link.config.name, "up": link.egress.is_up,
-        }))
+        self._record(
+            TraceEvent(
+                time.time(),
+                "link_changed",
+                {
+                    "link": link.config.name,
+                    "up": link.egress.is_up,
+                },
+            )
+        )

@@ -32,7 +32,9 @@ def sign_bundle(
     return SignedBundle(body, identity.name, signature)
 
 
-def seal_bundle(signed: SignedBundle, recipient: Peer, group: GroupConfig) -> SealedBundle:
+def seal_bundle(
+    signed: SignedBundle, recipient: Peer, group: GroupConfig
+) -> SealedBundle:
     sealed = recipient.seal(signed.encode(), seal_info(group.address, recipient.name))
     return SealedBundle(recipient.name, sealed)
 

@@ -49,7 +49,9 @@ class ReplayCache:
                 "token is older than the replay cache keeps", reason="stale-token"
             )
         if key in self._seen:
-            raise AuthenticationFailed("token nonce seen before", reason="replayed-token")
+            raise AuthenticationFailed(
+                "token nonce seen before", reason="replayed-token"
+            )
 
         self._expire(now_ms)
         self._seen[key] = timestamp_ms

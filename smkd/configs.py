@@ -37,8 +37,7 @@ def prepare_pki(topology: Topology, run_dir: Path, now: float | None = None) -> 
     suites = sorted({group.suite for group in topology.groups.values()} | {"default"})
     nodes = [(n.name, n.role, n.address) for n in topology.nodes.values()]
     # valid from an hour ago, so that small clock differences do not matter
-    generate_pki(pki_dir, nodes, suites, now=now - 3600,
-                 validity_seconds=30 * 86_400)
+    generate_pki(pki_dir, nodes, suites, now=now - 3600, validity_seconds=30 * 86_400)
     return pki_dir
 
 
@@ -75,7 +74,9 @@ class LinkAddressing:
 
     def interfaces(self, node: str) -> dict[str, str]:
         """Return segment name -> this node's address on it."""
-        return {seg: addr for (name, seg), addr in self.addresses.items() if name == node}
+        return {
+            seg: addr for (name, seg), addr in self.addresses.items() if name == node
+        }
 
     def reach(self, graph: nx.Graph, node: str, peer: str) -> str:
         """Return the address at which ``node`` reaches ``peer``.
@@ -117,8 +118,9 @@ def write_node_configs(
     routes = compute_routes(topology, graph, addressing)
     paths = {}
     for name in topology.nodes:
-        document = node_config(topology, graph, name, routes.get(name, {}), seed,
-                               control_dir, now, port)
+        document = node_config(
+            topology, graph, name, routes.get(name, {}), seed, control_dir, now, port
+        )
         if addressing is not None:
             _use_link_addresses(document, topology, graph, addressing)
         if not agent_captures:
@@ -147,7 +149,9 @@ def _use_link_addresses(
     document["neighbours"] = {
         addressing.reach(graph, name, n): n for n in sorted(graph.neighbors(name))
     }
-    document["peer_addresses"] = {p: addressing.reach(graph, name, p) for p in sorted(peers)}
+    document["peer_addresses"] = {
+        p: addressing.reach(graph, name, p) for p in sorted(peers)
+    }
     for link in document["links"]:
         link["peers"] = {
             addressing.addresses[(peer, link["name"])]: peer
@@ -180,7 +184,9 @@ def compute_routes(
         )
         routes[source] = {
             address[target]: (
-                addressing.reach(graph, source, path[1]) if addressing else address[path[1]]
+                addressing.reach(graph, source, path[1])
+                if addressing
+                else address[path[1]]
             )
             for target, path in paths.items()
             if len(path) > 1
@@ -243,7 +249,9 @@ def _group(topology: Topology, group: Group, name: str, now: float) -> dict[str,
             "key_lifetime": int(group.key_lifetime),
             "strict": group.strict,
             "trusted_routers": (
-                list(group.trusted_routers) if group.trusted_routers is not None else None
+                list(group.trusted_routers)
+                if group.trusted_routers is not None
+                else None
             ),
         }
     return document
@@ -268,17 +276,19 @@ def _links(topology: Topology, name: str) -> list[dict[str, Any]]:
         if not peers:
             continue
         impairment = segment.impairment
-        links.append({
-            "name": segment.name,
-            "peers": {topology.nodes[p].address: p for p in peers},
-            "egress": {
-                "delay": impairment.delay,
-                "jitter": impairment.jitter,
-                "loss": impairment.loss,
-                "bandwidth": impairment.bandwidth,
-            },
-            "capture": f"../captures/{segment.name}.pcap",
-        })
+        links.append(
+            {
+                "name": segment.name,
+                "peers": {topology.nodes[p].address: p for p in peers},
+                "egress": {
+                    "delay": impairment.delay,
+                    "jitter": impairment.jitter,
+                    "loss": impairment.loss,
+                    "bandwidth": impairment.bandwidth,
+                },
+                "capture": f"../captures/{segment.name}.pcap",
+            }
+        )
     return links
 
 

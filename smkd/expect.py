@@ -35,8 +35,9 @@ class RunRecord:
     run_dir: Path
 
     @classmethod
-    def load(cls, run_dir: Path, ready_at: float | None,
-             actions: list[dict[str, Any]]) -> RunRecord:
+    def load(
+        cls, run_dir: Path, ready_at: float | None, actions: list[dict[str, Any]]
+    ) -> RunRecord:
         events: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for path in sorted((run_dir / "traces").glob("*.jsonl")):
             for line in path.read_text().splitlines():
@@ -45,19 +46,28 @@ class RunRecord:
                     events[record["node"]].append(record)
         return cls(dict(events), ready_at, actions, run_dir)
 
-    def of(self, node: str, *names: str, group: str | None = None) -> list[dict[str, Any]]:
+    def of(
+        self, node: str, *names: str, group: str | None = None
+    ) -> list[dict[str, Any]]:
         return [
-            e for e in self.events.get(node, [])
+            e
+            for e in self.events.get(node, [])
             if e["event"] in names and (group is None or e.get("group") == group)
         ]
 
     def everywhere(self, *names: str) -> list[dict[str, Any]]:
-        return [e for events in self.events.values() for e in events if e["event"] in names]
+        return [
+            e for events in self.events.values() for e in events if e["event"] in names
+        ]
 
-    def last_action(self, kind: str, node: str | None, group: str | None) -> float | None:
+    def last_action(
+        self, kind: str, node: str | None, group: str | None
+    ) -> float | None:
         times = [
-            a["t"] for a in self.actions
-            if a["action"] == kind and a.get("node") == node
+            a["t"]
+            for a in self.actions
+            if a["action"] == kind
+            and a.get("node") == node
             and (group is None or a.get("group") == group)
         ]
         return max(times, default=None)
@@ -83,7 +93,9 @@ def evaluate(scenario: Scenario, record: RunRecord) -> list[Outcome]:
     return outcomes
 
 
-def _reference_time(record: RunRecord, node: str, group: str | None, kind: str) -> float:
+def _reference_time(
+    record: RunRecord, node: str, group: str | None, kind: str
+) -> float:
     start = record.last_action(kind, node, group)
     if start is not None:
         return start
@@ -115,7 +127,10 @@ def check_holds_key(params: dict[str, Any], record: RunRecord) -> tuple[bool, st
     reference = _reference_time(record, node, group, "join")
     delay = first["t"] - reference
     if within is not None and delay > within:
-        return False, f"{node} installed the key {delay:.2f} s after joining, limit {within:g} s"
+        return (
+            False,
+            f"{node} installed the key {delay:.2f} s after joining, limit {within:g} s",
+        )
     current = _current_key(record, group)
     if current is not None and installs[-1].get("group_key_fp") != current:
         return False, f"{node} holds an old key of {group}"
@@ -133,7 +148,8 @@ def check_lacks_key(params: dict[str, Any], record: RunRecord) -> tuple[bool, st
 def check_denied(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
     node, group, within = params["node"], params["group"], params.get("within")
     denials = [
-        e for e in record.everywhere("join_denied")
+        e
+        for e in record.everywhere("join_denied")
         if e.get("host") == node and e.get("group") == group
     ]
     if not denials:
@@ -142,7 +158,9 @@ def check_denied(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
     delay = denials[0]["t"] - reference
     if within is not None and delay > within:
         return False, f"denial came {delay:.2f} s after the join, limit {within:g} s"
-    return True, f"{denials[0]['node']} denied {node} after {delay:.2f} s ({denials[0]['reason']})"
+    first = denials[0]
+    detail = f"{first['node']} denied {node} after {delay:.2f} s ({first['reason']})"
+    return True, detail
 
 
 def check_gkdc(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
@@ -162,9 +180,21 @@ def check_not_gkdc(params: dict[str, Any], record: RunRecord) -> tuple[bool, str
 
 def check_all_members(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
     group = params["group"]
-    joined = {a["node"] for a in record.actions if a["action"] == "join" and a.get("group") == group}
-    left = {a["node"] for a in record.actions if a["action"] == "leave" and a.get("group") == group}
-    denied = {e.get("host") for e in record.everywhere("join_denied") if e.get("group") == group}
+    joined = {
+        a["node"]
+        for a in record.actions
+        if a["action"] == "join" and a.get("group") == group
+    }
+    left = {
+        a["node"]
+        for a in record.actions
+        if a["action"] == "leave" and a.get("group") == group
+    }
+    denied = {
+        e.get("host")
+        for e in record.everywhere("join_denied")
+        if e.get("group") == group
+    }
     members = sorted(joined - left - denied)
     missing = []
     for member in members:
@@ -203,7 +233,9 @@ def check_received(params: dict[str, Any], record: RunRecord) -> tuple[bool, str
     return True, f"{params['node']} received {len(events)} data packets"
 
 
-def check_no_key_in_clear(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
+def check_no_key_in_clear(
+    params: dict[str, Any], record: RunRecord
+) -> tuple[bool, str]:
     secrets = _secret_fingerprints(record)
     if not secrets:
         return False, "no key fingerprints in the traces, so nothing could be checked"
@@ -213,15 +245,19 @@ def check_no_key_in_clear(params: dict[str, Any], record: RunRecord) -> tuple[bo
         for datagram in read_pcap(path):
             if _contains_secret(datagram.payload, secrets):
                 findings.append(f"{path.name} at {datagram.timestamp:.6f}")
-    texts = [*sorted((record.run_dir / "traces").glob("*.jsonl")),
-             *sorted((record.run_dir / "logs").glob("*"))]
+    texts = [
+        *sorted((record.run_dir / "traces").glob("*.jsonl")),
+        *sorted((record.run_dir / "logs").glob("*")),
+    ]
     for path in texts:
         if path.is_file() and _text_contains_secret(path.read_bytes(), secrets):
             findings.append(path.name)
     if findings:
         return False, f"key material in clear in: {', '.join(findings[:5])}"
-    return True, (f"{len(secrets)} keys absent from {len(captures)} captures "
-                  f"and {len(texts)} traces and logs")
+    return True, (
+        f"{len(secrets)} keys absent from {len(captures)} captures "
+        f"and {len(texts)} traces and logs"
+    )
 
 
 def _secret_fingerprints(record: RunRecord) -> set[str]:
@@ -248,8 +284,10 @@ _HEX_KEY = re.compile(rb"(?i)(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
 def _text_contains_secret(data: bytes, secrets: set[str]) -> bool:
     if _contains_secret(data, secrets):
         return True
-    return any(fingerprint(bytes.fromhex(m.group().decode())) in secrets
-               for m in _HEX_KEY.finditer(data))
+    return any(
+        fingerprint(bytes.fromhex(m.group().decode())) in secrets
+        for m in _HEX_KEY.finditer(data)
+    )
 
 
 CHECKS: dict[str, Callable[[dict[str, Any], RunRecord], tuple[bool, str]]] = {

@@ -48,12 +48,20 @@ def write_junit(result: RunResult) -> None:
     seconds = f"{result.finished - result.started:.3f}"
     suites = ElementTree.Element("testsuites")
     suite = ElementTree.SubElement(
-        suites, "testsuite", name=f"smkd.{result.scenario.name}",
-        tests=str(len(cases)), failures=str(failures), errors="0", time=seconds,
+        suites,
+        "testsuite",
+        name=f"smkd.{result.scenario.name}",
+        tests=str(len(cases)),
+        failures=str(failures),
+        errors="0",
+        time=seconds,
     )
     for name, passed, detail in cases:
         case = ElementTree.SubElement(
-            suite, "testcase", classname=f"smkd.{result.scenario.name}", name=name,
+            suite,
+            "testcase",
+            classname=f"smkd.{result.scenario.name}",
+            name=name,
         )
         if not passed:
             failure = ElementTree.SubElement(case, "failure", message=detail)

@@ -77,8 +77,9 @@ class Progress:
 
 
 class Runner:
-    def __init__(self, scenario: Scenario, run_dir: Path, backend_name: str,
-                 progress: Progress):
+    def __init__(
+        self, scenario: Scenario, run_dir: Path, backend_name: str, progress: Progress
+    ):
         self.scenario = scenario
         self.run_dir = run_dir
         self.backend_name = backend_name
@@ -113,12 +114,15 @@ class Runner:
         topology = backend_class.place(self.scenario.topology)
         if topology is not self.scenario.topology:
             first = next(iter(topology.nodes.values())).address
-            self.progress(f"default addresses are busy (another run?); using {first} on")
+            self.progress(
+                f"default addresses are busy (another run?); using {first} on"
+            )
             self.scenario = dataclasses.replace(self.scenario, topology=topology)
         self.progress(f"preparing {len(topology.nodes)} nodes in {self.run_dir}")
         prepare_pki(topology, self.run_dir)
-        configs = backend_class.write_configs(topology, self.run_dir,
-                                              self.scenario.seed, control_dir)
+        configs = backend_class.write_configs(
+            topology, self.run_dir, self.scenario.seed, control_dir
+        )
         return backend_class(topology, self.run_dir, configs, control_dir)
 
     async def _bring_up(self) -> None:
@@ -136,9 +140,8 @@ class Runner:
                 self.progress("ready: every agent answers and every ACL is installed")
                 return
             await asyncio.sleep(0.1)
-        raise NotReady(
-            f"not ready after {self.scenario.ready_timeout:g} s: {', '.join(missing[:5])}"
-        )
+        shown = ", ".join(missing[:5])
+        raise NotReady(f"not ready after {self.scenario.ready_timeout:g} s: {shown}")
 
     async def _not_ready(self) -> list[str]:
         """Return what is still missing before the timeline may start."""
@@ -170,8 +173,11 @@ class Runner:
                 self.progress(f"wait {action.params['seconds']:g} s")
                 continue
             await self._perform(action)
-        end = self.ready_at + shift + (self.scenario.timeline[-1].at
-                                       if self.scenario.timeline else 0.0)
+        end = (
+            self.ready_at
+            + shift
+            + (self.scenario.timeline[-1].at if self.scenario.timeline else 0.0)
+        )
         remaining = end + self.scenario.duration - time.time()
         if remaining > 0:
             self.progress(f"running {remaining:.1f} s more")
@@ -180,8 +186,13 @@ class Runner:
     async def _perform(self, action: Action) -> None:
         description = _describe(action)
         self.progress(description)
-        record = {"action": action.kind, "node": action.node, "group": action.group,
-                  "link": action.link, "line": action.line}
+        record = {
+            "action": action.kind,
+            "node": action.node,
+            "group": action.group,
+            "link": action.link,
+            "line": action.line,
+        }
         self.record("action", **record)
         self.actions.append({"t": time.time(), **record})
         try:
@@ -199,11 +210,14 @@ class Runner:
         if kind in ("join", "leave"):
             await backend.command(action.node, {"cmd": kind, "group": action.group})
         elif kind == "send":
-            await backend.command(action.node, {"cmd": "send", "group": action.group,
-                                                **action.params})
+            await backend.command(
+                action.node, {"cmd": "send", "group": action.group, **action.params}
+            )
         elif kind == "rekey":
             group = self.scenario.topology.groups[action.group]
-            await backend.command(group.cores[0], {"cmd": "rekey", "group": action.group})
+            await backend.command(
+                group.cores[0], {"cmd": "rekey", "group": action.group}
+            )
         elif kind in ("link_down", "link_up"):
             await backend.set_link(action.link, up=kind == "link_up")
         elif kind == "link_set":
@@ -219,8 +233,11 @@ class Runner:
         segment = self.scenario.topology.segment(action.link)
         assert segment is not None
         current = self.impairments.get(action.link, segment.impairment)
-        changes = {k: v for k, v in action.params.items()
-                   if k in ("delay", "jitter", "loss", "bandwidth")}
+        changes = {
+            k: v
+            for k, v in action.params.items()
+            if k in ("delay", "jitter", "loss", "bandwidth")
+        }
         updated = dataclasses.replace(current, **changes)
         self.impairments[action.link] = updated
         return updated
@@ -257,7 +274,12 @@ class Runner:
 
     def record(self, event: str, **fields: Any) -> None:
         if self.trace_file is not None:
-            entry = {"t": round(time.time(), 6), "node": "runner", "event": event, **fields}
+            entry = {
+                "t": round(time.time(), 6),
+                "node": "runner",
+                "event": event,
+                **fields,
+            }
             self.trace_file.write(json.dumps(entry) + "\n")
 
 
@@ -266,7 +288,9 @@ def _describe(action: Action) -> str:
     for value in (action.node, action.group, action.link):
         if value:
             parts.append(value)
-    extra = {k: v for k, v in action.params.items() if k not in ("node", "group", "link")}
+    extra = {
+        k: v for k, v in action.params.items() if k not in ("node", "group", "link")
+    }
     if extra:
         parts.append(" ".join(f"{k}={v}" for k, v in extra.items()))
     return " ".join(parts)
@@ -312,16 +336,22 @@ def _log_to_file(run_dir: Path) -> logging.Handler:
     return handler
 
 
-def run_scenario(path: str | Path, backend: str = "local", out: str | None = None,
-                 quiet: bool = False) -> RunResult:
+def run_scenario(
+    path: str | Path,
+    backend: str = "local",
+    out: str | None = None,
+    quiet: bool = False,
+) -> RunResult:
     """Run one scenario file end to end; raise ValidationError for invalid input."""
     scenario = load_scenario(path)
     get_backend(backend).check_available()
     run_dir = make_run_dir(scenario, out)
     handler = _log_to_file(run_dir)
     progress = Progress(quiet)
-    progress(f"scenario {scenario.name}: {len(scenario.timeline)} actions, "
-             f"{len(scenario.expect)} expectations")
+    progress(
+        f"scenario {scenario.name}: {len(scenario.timeline)} actions, "
+        f"{len(scenario.expect)} expectations"
+    )
     runner = Runner(scenario, run_dir, backend, progress)
     try:
         result = asyncio.run(runner.run())
@@ -345,13 +375,20 @@ def add_run_parser(subparsers: Any) -> None:
         ),
     )
     parser.add_argument("scenario", help="scenario YAML file")
-    parser.add_argument("--backend", default="local",
-                        help="where agents run: local (default, one process on "
-                             "loopback)")
-    parser.add_argument("--out", help="run directory to create "
-                                      "(default runs/NAME-YYYYMMDD-HHMMSS)")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="print only the summary, not each step")
+    parser.add_argument(
+        "--backend",
+        default="local",
+        help="where agents run: local (default, one process on loopback)",
+    )
+    parser.add_argument(
+        "--out", help="run directory to create (default runs/NAME-YYYYMMDD-HHMMSS)"
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the summary, not each step",
+    )
     parser.set_defaults(handler=run_command)
 
 
@@ -366,8 +403,9 @@ def run_command(args: argparse.Namespace) -> int:
         print(f"smkd run: {error}", file=sys.stderr)
         return EXIT_INVALID
     except KeyboardInterrupt:
-        print("smkd run: interrupted; agents stopped and sockets removed",
-              file=sys.stderr)
+        print(
+            "smkd run: interrupted; agents stopped and sockets removed", file=sys.stderr
+        )
         return EXIT_INTERRUPTED
     print_summary(result)
     return EXIT_OK if result.passed else EXIT_FAILED
@@ -378,8 +416,10 @@ def print_summary(result: RunResult) -> None:
     total = len(result.outcomes)
     verdict = "PASSED" if result.passed else "FAILED"
     seconds = result.finished - result.started
-    print(f"\n{result.scenario.name}: {verdict} ({held} of {total} expectations hold) "
-          f"in {seconds:.1f} s")
+    print(
+        f"\n{result.scenario.name}: {verdict} ({held} of {total} expectations hold) "
+        f"in {seconds:.1f} s"
+    )
     if result.ready_error:
         print(f"  FAIL  topology ready: {result.ready_error}")
     for error in result.action_errors:
@@ -390,5 +430,7 @@ def print_summary(result: RunResult) -> None:
         print(f"  {mark}  {outcome.expectation.name}{line}: {outcome.detail}")
     captures = len(list((result.run_dir / "captures").glob("*.pcap")))
     print(f"run directory: {result.run_dir}")
-    print(f"  traces/  {captures} captures in captures/  summary.json  junit.xml  "
-          f"logs/agents.log")
+    print(
+        f"  traces/  {captures} captures in captures/  summary.json  junit.xml  "
+        f"logs/agents.log"
+    )

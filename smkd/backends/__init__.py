@@ -37,8 +37,13 @@ class Backend(abc.ABC):
         """Write the agents' configs in the addressing this backend needs."""
         return write_node_configs(topology, run_dir, seed, control_dir)
 
-    def __init__(self, topology: Topology, run_dir: Path, configs: dict[str, Path],
-                 control_dir: Path):
+    def __init__(
+        self,
+        topology: Topology,
+        run_dir: Path,
+        configs: dict[str, Path],
+        control_dir: Path,
+    ):
         self.topology = topology
         self.run_dir = run_dir
         self.configs = configs
