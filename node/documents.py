@@ -106,7 +106,10 @@ class GroupAcl:
 
     ``trusted_routers`` is the optional trusted-router ACL (section 6.1):
     ``None`` lets every router become a GKDC. ``strict`` selects section 7's
-    mode, in which only cores authenticate joins and hold keys.
+    mode, in which only cores authenticate joins and hold keys. ``central``
+    selects the central KDC that section 4 argues does not scale: the primary
+    core authenticates and keys every joining host itself, and no router,
+    secondary cores included, holds keys.
     """
 
     group: str
@@ -120,6 +123,7 @@ class GroupAcl:
     key_lifetime: int
     strict: bool = False
     trusted_routers: tuple[str, ...] | None = None
+    central: bool = False
 
     def admits(self, host: str) -> bool:
         listed = any(fnmatch.fnmatchcase(host, entry) for entry in self.hosts)
@@ -127,6 +131,8 @@ class GroupAcl:
 
     def may_hold_keys(self, router: str, role: str) -> bool:
         """Return whether ``router`` (role router or core) may become a GKDC."""
+        if self.central:
+            return False
         if self.strict and role != "core":
             return False
         if self.trusted_routers is None:
@@ -148,6 +154,7 @@ class GroupAcl:
         w.push_bool(self.trusted_routers is not None)
         if self.trusted_routers is not None:
             w.push_names(self.trusted_routers)
+        w.push_bool(self.central)
         return w.getvalue()
 
     @classmethod
@@ -164,10 +171,11 @@ class GroupAcl:
         strict = r.pull_bool()
         hosts = _pull_patterns(r)
         trusted = r.pull_names("trusted router") if r.pull_bool() else None
+        central = r.pull_bool()
         r.expect_end("the group ACL")
         return cls(
             group, serial, mode, hosts, not_before, not_after, initiator,
-            suite, key_lifetime, strict, trusted,
+            suite, key_lifetime, strict, trusted, central,
         )
 
 

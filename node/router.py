@@ -92,6 +92,10 @@ class Router(Machine):
     def is_gkdc(self, state: GroupState) -> bool:
         if state.vaulted_bundle is None or state.acl is None:
             return False
+        if self.is_primary(state):
+            # the primary core creates the keys, so it serves joins under
+            # every policy, the central KDC's included
+            return True
         return state.acl.acl.may_hold_keys(self.name, self.config.role)
 
     def holds_keys(self, group_name: str) -> bool:
