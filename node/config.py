@@ -143,4 +143,5 @@ def _acl(acl: dict[str, Any], group: dict[str, Any]) -> GroupAcl:
         key_lifetime=int(acl["key_lifetime"]),
         strict=bool(acl.get("strict", False)),
         trusted_routers=tuple(trusted) if trusted is not None else None,
+        central=bool(acl.get("central", False)),
     )

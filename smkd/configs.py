@@ -248,6 +248,7 @@ def _group(topology: Topology, group: Group, name: str, now: float) -> dict[str,
             "not_after": int(now + acl.validity),
             "key_lifetime": int(group.key_lifetime),
             "strict": group.strict,
+            "central": group.central,
             "trusted_routers": (
                 list(group.trusted_routers)
                 if group.trusted_routers is not None

@@ -138,6 +138,7 @@ class Group:
     """A multicast group. ``cores[0]`` is the primary core.
 
     ``trusted_routers`` is None when every router may act as a GKDC.
+    ``central`` makes the primary core the only key distribution centre.
     ``key_lifetime`` is in seconds.
     """
 
@@ -150,6 +151,7 @@ class Group:
     strict: bool
     key_lifetime: float
     suite: str
+    central: bool = False
 
 
 @dataclass(frozen=True)
@@ -477,6 +479,7 @@ GROUP_KEYS = (
     "acl",
     "trusted_routers",
     "strict",
+    "central",
     "key_lifetime",
     "suite",
 )
@@ -788,13 +791,15 @@ class _TopologyReader(_Reader):
             user = "a trusted router"
             trusted = self.node_list(group, path, "trusted_routers", ROUTER_ROLES, user)
         strict = get(group, path, "strict", parse_bool, False)
+        central = get(group, path, "central", parse_bool, False)
         key_lifetime = get(group, path, "key_lifetime", parse_positive_duration, 3600.0)
         suite = get(group, path, "suite", choice_parser(SUITES, "suite"), "default")
 
         if None in (name, address, initiator, acl) or not cores:
             return None
         return Group(
-            name, address, cores, initiator, acl, trusted, strict, key_lifetime, suite
+            name, address, cores, initiator, acl, trusted, strict, key_lifetime,
+            suite, central,
         )
 
     def read_group_address(self, group: dict[str, Any], path: KeyPath) -> str | None:

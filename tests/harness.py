@@ -123,6 +123,7 @@ class Spec:
     acl_mode: AclMode = AclMode.INCLUDE
     trusted_routers: tuple[str, ...] | None = None
     strict: bool = False
+    central: bool = False
     suite: str = "default"
     serial: int = 1
     seal_acl: bool = False
@@ -156,6 +157,7 @@ def make_acl(spec: Spec, now: float = START) -> GroupAcl:
         key_lifetime=3600,
         strict=spec.strict,
         trusted_routers=spec.trusted_routers,
+        central=spec.central,
     )
 
 
