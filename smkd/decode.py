@@ -1,0 +1,458 @@
+"""``smkd decode``: print captures as a transcript in RFC 1949's notation.
+
+Each smkd datagram becomes one line such as::
+
+    0.000000  A --> B: [[token_A], [token_h]^SK_h, JOIN-REQUEST]^SK_A
+
+in the notation of RFC 1949 appendix A: square brackets enclose a message,
+``^SK_X`` marks X's signature, and ``{...}^PK_X`` encryption to X's public
+key. Node names come from the signer and token names inside the messages;
+an address that no message names is printed as it is. The ``smkd
+wireshark`` subcommand, also here, points at the Lua dissector shipped with
+the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from node.capture import CapturedDatagram, read_pcap
+from node.documents import HostToken, SignedAcl, Token
+from node.errors import MalformedMessage
+from node.messages import (
+    CBT_PORT,
+    AclAccept,
+    AclUpload,
+    JoinAck,
+    JoinCode,
+    JoinNack,
+    KeyDelivery,
+    MembershipReport,
+    Message,
+    MessageType,
+    Reason,
+    ReasonCode,
+    ReportCode,
+    SealedAcl,
+    SealedBundle,
+    Signature,
+    decode_message,
+)
+from node.messages import Path as RouterPath
+
+# exit code for unreadable input, as for the other subcommands
+EXIT_INVALID = 2
+
+# seconds: a datagram captured on two interfaces (both ends of a link) appears
+# in two files about a link delay apart. Copies within one file are kept,
+# because those are retransmissions.
+DUPLICATE_WINDOW = 1.0
+
+
+@dataclass(frozen=True)
+class CapturedMessage:
+    """One smkd datagram from a capture, decoded or with the reason it failed."""
+
+    datagram: CapturedDatagram
+    source: Path
+    message: Message | None
+    error: str | None = None
+
+
+def capture_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Expand run and capture directories into their pcap files.
+
+    A run directory stands for its ``captures/`` folder. Raises
+    FileNotFoundError for a path that does not exist or a folder without
+    pcap files.
+    """
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            folder = path / "captures" if (path / "captures").is_dir() else path
+            found = sorted(folder.glob("*.pcap"))
+            if not found:
+                raise FileNotFoundError(f"no .pcap files in {folder}")
+            files.extend(found)
+        elif path.exists():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"capture {path} not found")
+    return files
+
+
+def read_captures(
+    paths: Iterable[str | Path], port: int = CBT_PORT
+) -> list[CapturedMessage]:
+    """Read and decode the smkd datagrams of several pcap files, merged by time.
+
+    Only UDP datagrams from or to ``port`` count. Raises MalformedMessage for
+    a file that is not a readable pcap, and OSError when one cannot be read.
+    """
+    datagrams: list[tuple[CapturedDatagram, Path]] = []
+    for path in capture_files(paths):
+        for datagram in read_pcap(path):
+            if port in (datagram.sport, datagram.dport):
+                datagrams.append((datagram, path))
+
+    # sorted() is stable, so datagrams with equal times keep their file order
+    datagrams.sort(key=lambda pair: pair[0].timestamp)
+    return [_decode(datagram, path) for datagram, path in _drop_duplicates(datagrams)]
+
+
+def _drop_duplicates(
+    datagrams: list[tuple[CapturedDatagram, Path]],
+) -> list[tuple[CapturedDatagram, Path]]:
+    """Drop copies of a datagram that another capture file already holds."""
+    kept = []
+    last_seen: dict[tuple[str, str, bytes], tuple[float, Path]] = {}
+    for datagram, path in datagrams:
+        key = (datagram.src, datagram.dst, datagram.payload)
+        previous = last_seen.get(key)
+        if previous is not None:
+            previous_time, previous_path = previous
+            close = datagram.timestamp - previous_time <= DUPLICATE_WINDOW
+            if close and previous_path != path:
+                continue
+        last_seen[key] = (datagram.timestamp, path)
+        kept.append((datagram, path))
+    return kept
+
+
+def _decode(datagram: CapturedDatagram, path: Path) -> CapturedMessage:
+    try:
+        return CapturedMessage(datagram, path, decode_message(datagram.payload))
+    except MalformedMessage as error:
+        return CapturedMessage(datagram, path, None, str(error))
+
+
+def address_names(messages: Iterable[CapturedMessage]) -> dict[str, str]:
+    """Map addresses to the node names that the messages sent from or to them carry.
+
+    A signed message names its sender, and a router token names its
+    recipient. Where an address is named differently, the commonest name wins.
+    """
+    votes: dict[str, Counter[str]] = defaultdict(Counter)
+    for captured in messages:
+        message = captured.message
+        if message is None:
+            continue
+        if message.signature is not None:
+            votes[captured.datagram.src][message.signature.signer] += 1
+        token = getattr(message, "token", None)
+        if token is not None:
+            votes[captured.datagram.dst][token.recipient] += 1
+    return {address: names.most_common(1)[0][0] for address, names in votes.items()}
+
+
+def sender_of(captured: CapturedMessage, names: dict[str, str]) -> str:
+    message = captured.message
+    if message is not None and message.signature is not None:
+        return message.signature.signer
+    return names.get(captured.datagram.src, captured.datagram.src)
+
+
+def receiver_of(captured: CapturedMessage, names: dict[str, str]) -> str:
+    token = getattr(captured.message, "token", None)
+    if token is not None:
+        return token.recipient
+    return names.get(captured.datagram.dst, captured.datagram.dst)
+
+
+def notation(message: Message) -> str:
+    """Write ``message`` in RFC 1949's notation, without the ``A --> B:`` part.
+
+    Reports and key deliveries are written as RFC 1949 section 6.2 writes
+    them, without the signature that smkd adds to every datagram; the
+    fields view shows it.
+    """
+    signer = message.signature.signer if message.signature is not None else "?"
+    if isinstance(message, MembershipReport):
+        return f"[{_host_token(message.host_token)}, {_report_name(message)}]"
+    if isinstance(message, KeyDelivery):
+        return (
+            f"[{_host_token(message.host_token)}, "
+            f"{{grpKey, KEK, Sparams}}^PK_{message.host_bundle.recipient}]"
+        )
+    return f"[{', '.join(_signed_parts(message))}]^SK_{signer}"
+
+
+def _signed_parts(message: Message) -> list[str]:
+    """Return the parts of a signed router message, in the RFC's order."""
+    name = _type_name(message)
+    if isinstance(message, JoinAck):
+        # the RFC folds the sender's token into the group access package
+        return [_host_token(message.host_token), "grpAP", name]
+
+    parts = [_token(message.token)] if hasattr(message, "token") else []
+    host_token = getattr(message, "host_token", None)
+    if host_token is not None:
+        parts.append(_host_token(host_token))
+    if isinstance(message, AclUpload):
+        parts.append(_acl_upload_part(message))
+    rejected = isinstance(message, (JoinNack, AclAccept)) and (
+        message.reason.code is not ReasonCode.ACCEPTED
+    )
+    if rejected:
+        name = f"{name} ({message.reason.code.name})"
+    parts.append(name)
+    return parts
+
+
+def _token(token: Token) -> str:
+    return f"[token_{token.sender}]"
+
+
+def _host_token(host_token: HostToken) -> str:
+    return f"[token_{host_token.host}]^SK_{host_token.host}"
+
+
+def _acl_upload_part(message: AclUpload) -> str:
+    signer = message.signature.signer if message.signature is not None else "?"
+    if message.acl is not None:
+        return f"[ACL]^SK_{message.acl.acl.initiator}"
+    return f"{{[ACL]^SK_{signer}}}^PK_{message.token.recipient}"
+
+
+def _report_name(message: MembershipReport) -> str:
+    if message.header.code == ReportCode.LEAVE:
+        return "IGMP leave report"
+    return "IGMP group membership report"
+
+
+def _type_name(message: Message) -> str:
+    name = message.header.type.name.replace("_", "-")
+    joins = (MessageType.JOIN_REQUEST, MessageType.JOIN_ACK, MessageType.JOIN_NACK)
+    if message.header.type in joins and message.header.code != JoinCode.ACTIVE_JOIN:
+        name += f" ({_code_name(JoinCode, message.header.code)})"
+    return name
+
+
+def _code_name(codes: Any, value: int) -> str:
+    try:
+        return codes(value).name.replace("_", "-")
+    except ValueError:
+        return f"code {value}"
+
+
+def transcript_line(
+    captured: CapturedMessage, names: dict[str, str], start: float
+) -> str:
+    """Format one datagram as ``time  sender --> receiver: notation``."""
+    elapsed = captured.datagram.timestamp - start
+    route = f"{sender_of(captured, names)} --> {receiver_of(captured, names)}"
+    if captured.message is None:
+        size = len(captured.datagram.payload)
+        return (
+            f"{elapsed:10.6f}  {route}: malformed datagram of {size} bytes: "
+            f"{captured.error}"
+        )
+    return f"{elapsed:10.6f}  {route}: {notation(captured.message)}"
+
+
+def field_lines(captured: CapturedMessage) -> list[str]:
+    """Describe the fields behind one transcript line, one part per line."""
+    datagram = captured.datagram
+    route = f"{datagram.src}:{datagram.sport} -> {datagram.dst}:{datagram.dport}"
+    size = len(datagram.payload)
+    lines = [f"datagram: {route}, {size} bytes, in {captured.source.name}"]
+    message = captured.message
+    if message is None:
+        return lines
+    lines.append(_header_line(message))
+    for value in _tlv_values(message):
+        lines.append(_describe(value))
+    return lines
+
+
+def _header_line(message: Message) -> str:
+    header = message.header
+    cores = ", ".join(header.cores) or "none"
+    return (
+        f"header: {header.type.name} code {header.code}, group {header.group} "
+        f"mask {header.group_mask}, origin {header.origin}, primary core "
+        f"{header.primary_core}, target core {header.target_core}, cores {cores}"
+    )
+
+
+def _tlv_values(message: Message) -> list[Any]:
+    values = [getattr(message, attribute) for attribute, _, _ in message.LAYOUT]
+    values.append(message.signature)
+    return [value for value in values if value is not None]
+
+
+def _describe(value: Any) -> str:
+    """Describe one TLV value; ciphertext appears only as its size."""
+    if isinstance(value, Token):
+        return (
+            f"token_{value.sender}: [t {_utc_ms(value.timestamp_ms)}, "
+            f"r {value.nonce.hex()}, {value.recipient}]"
+        )
+    if isinstance(value, HostToken):
+        return (
+            f"token_{value.host}: [t {_utc_ms(value.timestamp_ms)}, "
+            f"r {value.nonce.hex()}, group {value.group}]^SK_{value.host}, "
+            f"suite {value.suite}, signature {len(value.signature)} bytes"
+        )
+    if isinstance(value, SignedAcl):
+        return _describe_acl(value)
+    if isinstance(value, SealedBundle):
+        return (
+            f"{{grpKey, KEK, Sparams}}^PK_{value.recipient}: "
+            f"{len(value.sealed)} bytes sealed"
+        )
+    if isinstance(value, RouterPath):
+        return f"path: {' > '.join(value.routers)}"
+    if isinstance(value, Reason):
+        text = f": {value.text}" if value.text else ""
+        return f"reason: {value.code.name}{text}"
+    if isinstance(value, SealedAcl):
+        return f"{{[ACL]}}^PK_core: {len(value.sealed)} bytes sealed"
+    if isinstance(value, Signature):
+        return (
+            f"signature: SK_{value.signer}, suite {value.suite}, "
+            f"{len(value.value)} bytes"
+        )
+    return f"{type(value).__name__}: {value!r}"
+
+
+def _describe_acl(signed: SignedAcl) -> str:
+    acl = signed.acl
+    trusted = (
+        "any router"
+        if acl.trusted_routers is None
+        else ", ".join(acl.trusted_routers) or "none"
+    )
+    return (
+        f"[ACL]^SK_{acl.initiator}: group {acl.group} serial {acl.serial}, "
+        f"{acl.mode.name.lower()} {', '.join(acl.hosts) or 'nobody'}, "
+        f"valid {_utc(acl.not_before)} to {_utc(acl.not_after)}, suite {acl.suite}, "
+        f"key lifetime {acl.key_lifetime} s, strict {acl.strict}, "
+        f"central {acl.central}, trusted routers {trusted}; "
+        f"body {len(signed.body)} bytes, "
+        f"signature {len(signed.signature)} bytes"
+    )
+
+
+def _utc(seconds: float) -> str:
+    try:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        return f"{seconds} s"
+
+
+def _utc_ms(milliseconds: int) -> str:
+    return f"{_utc(milliseconds // 1000)}.{milliseconds % 1000:03d}"
+
+
+def transcript(messages: Sequence[CapturedMessage], fields: bool = False) -> list[str]:
+    """Format datagrams as transcript lines, with their fields when asked."""
+    if not messages:
+        return []
+    names = address_names(messages)
+    start = messages[0].datagram.timestamp
+    lines = [f"# seconds since {_utc(start)} UTC; names from signers and tokens"]
+    for captured in messages:
+        lines.append(transcript_line(captured, names, start))
+        if fields:
+            lines.extend(f"              {line}" for line in field_lines(captured))
+    return lines
+
+
+def add_decode_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "decode",
+        help="print captures as an RFC 1949 transcript",
+        description=(
+            "Print the smkd datagrams of one or more pcap files, merged by time, "
+            "one line per message in RFC 1949's notation, for example "
+            "'A --> B: [[token_A], [token_h]^SK_h, JOIN-REQUEST]^SK_A'. Times are "
+            "seconds since the first datagram. A datagram that does not decode "
+            "is printed as malformed, with the reason."
+        ),
+    )
+    parser.add_argument(
+        "captures",
+        nargs="+",
+        metavar="CAPTURE",
+        help="pcap file, or a run directory for all its captures",
+    )
+    parser.add_argument(
+        "--fields",
+        action="store_true",
+        help="print the fields behind each line below it",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=CBT_PORT,
+        help=f"UDP port of smkd traffic (default {CBT_PORT})",
+    )
+    parser.set_defaults(handler=run_decode)
+
+
+def run_decode(args: argparse.Namespace) -> int:
+    try:
+        messages = read_captures(args.captures, args.port)
+    except (OSError, MalformedMessage) as error:
+        print(f"smkd decode: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    if not messages:
+        print(f"smkd decode: no UDP datagrams on port {args.port}", file=sys.stderr)
+        return 0
+    for line in transcript(messages, args.fields):
+        print(line)
+    return 0
+
+
+def dissector_path() -> Path:
+    """Return the path of the Wireshark Lua dissector installed with smkd."""
+    resource = importlib.resources.files("smkd") / "wireshark" / "smkd.lua"
+    return Path(str(resource))
+
+
+def install_steps(path: Path) -> str:
+    return f"""\
+Wireshark dissector for smkd: {path}
+
+Install it for Wireshark and tshark by copying it into the personal Lua
+plugins folder ("Help > About Wireshark > Folders" shows where it is):
+
+    mkdir -p ~/.local/lib/wireshark/plugins
+    cp {path} ~/.local/lib/wireshark/plugins/
+
+then restart Wireshark or reload Lua plugins with Ctrl+Shift+L. To use it
+for one tshark run without installing:
+
+    tshark -X lua_script:{path} -r CAPTURE.pcap -V
+
+It decodes UDP port {CBT_PORT}. Set another port in "Edit > Preferences >
+Protocols > SMKD", or with tshark's -o smkd.port:PORT. Filter with fields
+such as smkd.type, smkd.host_token.host or smkd.signature.signer."""
+
+
+def add_wireshark_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "wireshark",
+        help="show where the Wireshark dissector is and how to install it",
+        description="Print the path of smkd's Wireshark Lua dissector and the "
+        "steps to install it.",
+    )
+    parser.add_argument(
+        "--path", action="store_true", help="print only the path, for use in scripts"
+    )
+    parser.set_defaults(handler=run_wireshark)
+
+
+def run_wireshark(args: argparse.Namespace) -> int:
+    path = dissector_path()
+    print(path if args.path else install_steps(path))
+    return 0

@@ -1,0 +1,700 @@
+-- Wireshark dissector for smkd control messages (RFC 1949 secure CBT joins).
+--
+-- Install: copy this file into Wireshark's personal Lua plugins folder, which
+-- "Help > About Wireshark > Folders" lists (on Linux usually
+-- ~/.local/lib/wireshark/plugins/), then restart Wireshark or reload Lua
+-- plugins with Ctrl+Shift+L. For a single run of tshark:
+--
+--     tshark -X lua_script:/path/to/smkd.lua -r capture.pcap -V
+--
+-- `smkd wireshark` prints where this file is installed with the package.
+--
+-- The dissector registers on UDP port 7777. To use another port, change
+-- "Edit > Preferences > Protocols > SMKD > UDP port", or pass
+-- `-o smkd.port:PORT` to tshark. The display filter prefix is `smkd`, so
+-- `smkd.type == 2` selects join acks and `smkd.host_token.host == "h"` every
+-- message that carries h's token.
+--
+-- The layout follows node/messages.py and node/documents.py: a CBTv1 control
+-- header, then security TLVs (type: 1 byte, length: 2 bytes, value) in
+-- increasing type order, with the SIGNATURE TLV last. Sealed bundles and
+-- sealed ACLs are HPKE ciphertext and are shown as opaque bytes. A datagram
+-- that breaks the layout is marked with the "Malformed" expert group, and the
+-- dissector never raises a Lua error for it.
+
+local smkd = Proto("smkd", "smkd secure CBT control")
+
+local DEFAULT_PORT = 7777
+local VERSION = 1
+local FIXED_HEADER_SIZE = 28
+local MAX_CORES = 16
+local NONCE_SIZE = 16
+local MAX_NAME_SIZE = 64
+
+local MESSAGE_TYPES = {
+    [1] = "JOIN-REQUEST",
+    [2] = "JOIN-ACK",
+    [3] = "JOIN-NACK",
+    [4] = "QUIT-REQUEST",
+    [5] = "QUIT-ACK",
+    [6] = "FLUSH-TREE",
+    [7] = "ECHO-REQUEST",
+    [8] = "ECHO-REPLY",
+    [0x10] = "MEMBERSHIP-REPORT",
+    [0x11] = "KEY-DELIVERY",
+    [0x12] = "ACL-UPLOAD",
+    [0x13] = "ACL-ACCEPT",
+}
+
+-- the code field means something only for joins (CBTv1) and reports
+local JOIN_CODES = { [0] = "ACTIVE-JOIN", [1] = "REJOIN", [2] = "REJOIN-LOOP-PROBE" }
+local REPORT_CODES = { [0] = "JOIN", [1] = "LEAVE" }
+local CODE_NAMES = {
+    [1] = JOIN_CODES, [2] = JOIN_CODES, [3] = JOIN_CODES, [0x10] = REPORT_CODES,
+}
+
+local TLV_TYPES = {
+    [1] = "TOKEN",
+    [2] = "HOST_TOKEN",
+    [3] = "ACL",
+    [4] = "SEALED_ACL",
+    [5] = "HOST_BUNDLE",
+    [6] = "HOP_BUNDLE",
+    [7] = "PATH",
+    [8] = "REASON",
+    [0xFF] = "SIGNATURE",
+}
+local SIGNATURE_TLV = 0xFF
+
+local REASON_CODES = {
+    [0] = "ACCEPTED",
+    [1] = "NOT_ON_ACL",
+    [2] = "NO_ACL",
+    [3] = "AUTHENTICATION_FAILED",
+    [4] = "NO_ROUTE",
+    [5] = "OLDER_ACL",
+    [6] = "INVALID_ACL",
+}
+
+local SUITES = {
+    [1] = "default: Ed25519, DHKEM(X25519), AES-128-GCM",
+    [2] = "pq: ML-DSA-65, ML-KEM-768+X25519, AES-128-GCM",
+}
+
+local ACL_MODES = { [1] = "include", [2] = "exclude" }
+
+local pf = {
+    version = ProtoField.uint8("smkd.version", "Version", base.DEC, nil, 0xF0),
+    type = ProtoField.uint8("smkd.type", "Type", base.DEC, MESSAGE_TYPES),
+    code = ProtoField.uint8("smkd.code", "Code", base.DEC),
+    core_count = ProtoField.uint8("smkd.core_count", "Number of cores", base.DEC),
+    header_length = ProtoField.uint16("smkd.header_length", "Header length", base.DEC),
+    checksum = ProtoField.uint16("smkd.checksum", "Checksum", base.HEX),
+    checksum_good = ProtoField.bool("smkd.checksum.good", "Checksum correct"),
+    group = ProtoField.ipv4("smkd.group", "Group address"),
+    group_mask = ProtoField.ipv4("smkd.group_mask", "Group mask"),
+    origin = ProtoField.ipv4("smkd.origin", "Packet origin"),
+    primary_core = ProtoField.ipv4("smkd.primary_core", "Primary core"),
+    target_core = ProtoField.ipv4("smkd.target_core", "Target core"),
+    core = ProtoField.ipv4("smkd.core", "Core"),
+
+    tlv_type = ProtoField.uint8("smkd.tlv.type", "TLV type", base.HEX, TLV_TYPES),
+    tlv_length = ProtoField.uint16("smkd.tlv.length", "TLV length", base.DEC),
+
+    token_timestamp = ProtoField.uint64("smkd.token.timestamp", "Timestamp (ms)"),
+    token_nonce = ProtoField.bytes("smkd.token.nonce", "Nonce"),
+    token_sender = ProtoField.string("smkd.token.sender", "Sender"),
+    token_recipient = ProtoField.string("smkd.token.recipient", "Recipient"),
+
+    host_timestamp = ProtoField.uint64("smkd.host_token.timestamp", "Timestamp (ms)"),
+    host_nonce = ProtoField.bytes("smkd.host_token.nonce", "Nonce"),
+    host_name = ProtoField.string("smkd.host_token.host", "Host"),
+    host_group = ProtoField.ipv4("smkd.host_token.group", "Group address"),
+    host_suite = ProtoField.uint8("smkd.host_token.suite", "Crypto suite", base.DEC,
+                                  SUITES),
+    host_signature_length = ProtoField.uint16("smkd.host_token.signature_length",
+                                              "Signature length", base.DEC),
+    host_signature = ProtoField.bytes("smkd.host_token.signature", "Signature"),
+
+    acl_body_length = ProtoField.uint16("smkd.acl.body_length", "ACL body length",
+                                        base.DEC),
+    acl_group = ProtoField.ipv4("smkd.acl.group", "Group address"),
+    acl_serial = ProtoField.uint32("smkd.acl.serial", "Serial", base.DEC),
+    acl_mode = ProtoField.uint8("smkd.acl.mode", "Mode", base.DEC, ACL_MODES),
+    acl_not_before = ProtoField.uint64("smkd.acl.not_before", "Not before (s)"),
+    acl_not_after = ProtoField.uint64("smkd.acl.not_after", "Not after (s)"),
+    acl_initiator = ProtoField.string("smkd.acl.initiator", "Group initiator"),
+    acl_suite = ProtoField.uint8("smkd.acl.suite", "Crypto suite", base.DEC, SUITES),
+    acl_key_lifetime = ProtoField.uint32("smkd.acl.key_lifetime", "Key lifetime (s)",
+                                         base.DEC),
+    acl_strict = ProtoField.uint8("smkd.acl.strict", "Strict (cores only hold keys)",
+                                  base.DEC),
+    acl_host_count = ProtoField.uint16("smkd.acl.host_count", "Number of host entries",
+                                       base.DEC),
+    acl_host = ProtoField.string("smkd.acl.host", "Host entry"),
+    acl_has_trusted = ProtoField.uint8("smkd.acl.has_trusted_routers",
+                                       "Trusted-router ACL present", base.DEC),
+    acl_trusted_count = ProtoField.uint16("smkd.acl.trusted_router_count",
+                                          "Number of trusted routers", base.DEC),
+    acl_trusted = ProtoField.string("smkd.acl.trusted_router", "Trusted router"),
+    acl_central = ProtoField.uint8("smkd.acl.central",
+                                   "Central (only the primary core holds keys)",
+                                   base.DEC),
+    acl_signature_length = ProtoField.uint16("smkd.acl.signature_length",
+                                             "Initiator signature length", base.DEC),
+    acl_signature = ProtoField.bytes("smkd.acl.signature", "Initiator signature"),
+
+    sealed_acl_length = ProtoField.uint16("smkd.sealed_acl.length",
+                                          "Sealed ACL length", base.DEC),
+    sealed_acl = ProtoField.bytes("smkd.sealed_acl.ciphertext", "Sealed ACL"),
+
+    host_bundle_recipient = ProtoField.string("smkd.host_bundle.recipient",
+                                              "Recipient"),
+    host_bundle_length = ProtoField.uint16("smkd.host_bundle.sealed_length",
+                                           "Sealed length", base.DEC),
+    host_bundle = ProtoField.bytes("smkd.host_bundle.ciphertext", "Sealed bundle"),
+    hop_bundle_recipient = ProtoField.string("smkd.hop_bundle.recipient", "Recipient"),
+    hop_bundle_length = ProtoField.uint16("smkd.hop_bundle.sealed_length",
+                                          "Sealed length", base.DEC),
+    hop_bundle = ProtoField.bytes("smkd.hop_bundle.ciphertext", "Sealed bundle"),
+
+    path_count = ProtoField.uint16("smkd.path.count", "Number of routers", base.DEC),
+    path_router = ProtoField.string("smkd.path.router", "Router"),
+
+    reason_code = ProtoField.uint8("smkd.reason.code", "Reason", base.DEC,
+                                   REASON_CODES),
+    reason_text_length = ProtoField.uint8("smkd.reason.text_length", "Text length",
+                                          base.DEC),
+    reason_text = ProtoField.string("smkd.reason.text", "Text"),
+
+    signer = ProtoField.string("smkd.signature.signer", "Signer"),
+    signature_suite = ProtoField.uint8("smkd.signature.suite", "Crypto suite",
+                                       base.DEC, SUITES),
+    signature_length = ProtoField.uint16("smkd.signature.length", "Signature length",
+                                         base.DEC),
+    signature = ProtoField.bytes("smkd.signature.value", "Signature"),
+}
+
+local field_list = {}
+for _, field in pairs(pf) do
+    field_list[#field_list + 1] = field
+end
+smkd.fields = field_list
+
+local ef = {
+    malformed = ProtoExpert.new("smkd.malformed", "Malformed smkd message",
+                                expert.group.MALFORMED, expert.severity.ERROR),
+    bad_checksum = ProtoExpert.new("smkd.bad_checksum", "Bad checksum",
+                                   expert.group.CHECKSUM, expert.severity.ERROR),
+    truncated = ProtoExpert.new("smkd.truncated", "Capture shorter than the datagram",
+                                expert.group.MALFORMED, expert.severity.WARN),
+}
+smkd.experts = { ef.malformed, ef.bad_checksum, ef.truncated }
+
+smkd.prefs.port = Pref.uint("UDP port", DEFAULT_PORT,
+                            "UDP port on which smkd agents exchange control messages")
+
+-- errors raised by a cursor carry this metatable, so that the handler can tell
+-- a malformed datagram from a fault in this script
+local Malformed = {}
+
+local function malformed(text)
+    error(setmetatable({ text = text }, Malformed), 0)
+end
+
+local function describe_error(failure)
+    if getmetatable(failure) == Malformed then
+        return failure.text
+    end
+    return "dissector fault: " .. tostring(failure)
+end
+
+-- per-packet state: the problem count flags the Info column, and the names
+-- seen in the TLVs make up its summary
+local problems = 0
+local seen = {}
+
+local function flag(item, text)
+    problems = problems + 1
+    item:add_proto_expert_info(ef.malformed, text)
+end
+
+-- Reads fields from tvb[pos, limit), never past limit. A read that does not fit
+-- raises a Malformed error naming the field.
+local Cursor = {}
+Cursor.__index = Cursor
+
+local function new_cursor(tvb, pos, limit)
+    return setmetatable({ tvb = tvb, pos = pos, limit = limit }, Cursor)
+end
+
+function Cursor:remaining()
+    return self.limit - self.pos
+end
+
+function Cursor:take(length, what)
+    if length < 0 or self.pos + length > self.limit then
+        malformed(string.format("%s needs %d bytes at offset %d, %d left",
+                                what, length, self.pos, self.limit - self.pos))
+    end
+    local start = self.pos
+    self.pos = self.pos + length
+    return self.tvb:range(start, length), start
+end
+
+-- the bytes of range as text; empty ranges give ""
+local function text_of(range)
+    if range:len() == 0 then
+        return ""
+    end
+    return range:string()
+end
+
+function Cursor:add_uint(tree, field, size, what)
+    local range = self:take(size, what)
+    local value
+    if size == 8 then
+        value = range:uint64():tonumber()
+    else
+        value = range:uint()
+    end
+    return value, tree:add(field, range)
+end
+
+function Cursor:add_bytes(tree, field, length, what)
+    return tree:add(field, (self:take(length, what)))
+end
+
+-- a length-prefixed blob: the length field, then the bytes
+function Cursor:add_blob(tree, length_field, value_field, prefix_size, what)
+    local length = self:add_uint(tree, length_field, prefix_size, what .. " length")
+    self:add_bytes(tree, value_field, length, what)
+    return length
+end
+
+local function valid_name(text)
+    return #text >= 1 and #text <= MAX_NAME_SIZE and text:match("^[%w_.%-]+$") ~= nil
+end
+
+local function valid_pattern(text)
+    return #text >= 1 and #text <= MAX_NAME_SIZE
+        and text:match("^[%w_.%-%*%?%[%]]+$") ~= nil
+end
+
+-- a node or group name: a one-byte length, then ASCII
+function Cursor:add_name(tree, field, what)
+    local length_range, start = self:take(1, what .. " length")
+    local length = length_range:uint()
+    local text = text_of(self:take(length, what))
+    local item = tree:add(field, self.tvb:range(start, 1 + length), text)
+    if not valid_name(text) then
+        flag(item, string.format("invalid %s %q", what, text))
+    end
+    return text
+end
+
+-- a name list: a two-byte count, then that many names
+function Cursor:add_names(tree, count_field, name_field, what)
+    local count, item = self:add_uint(tree, count_field, 2, what .. " count")
+    if count * 2 > self:remaining() then
+        flag(item, string.format("%d %ss cannot fit in %d bytes", count, what,
+                                 self:remaining()))
+        malformed(string.format("%d %ss cannot fit in the field", count, what))
+    end
+    local names = {}
+    for index = 1, count do
+        names[index] = self:add_name(tree, name_field, what)
+    end
+    return names
+end
+
+-- the date of a Unix time in UTC, or "" for times os.date cannot format
+local function utc_date(seconds)
+    -- year 9999 ends here; garbage timestamps beyond it make os.date fail
+    if seconds < 0 or seconds > 253402300799 then
+        return ""
+    end
+    local ok, text = pcall(os.date, "! (%Y-%m-%d %H:%M:%S UTC)", seconds)
+    if not ok or text == nil then
+        return ""
+    end
+    return text
+end
+
+function Cursor:add_timestamp(tree, field, what)
+    local milliseconds, item = self:add_uint(tree, field, 8, what)
+    item:append_text(utc_date(math.floor(milliseconds / 1000)))
+    return milliseconds
+end
+
+local function add_unix_seconds(cursor, tree, field, what)
+    local seconds, item = cursor:add_uint(tree, field, 8, what)
+    item:append_text(utc_date(seconds))
+    return seconds
+end
+
+-- Each TLV decoder reads the value through a cursor limited to the value, adds
+-- its fields to tree and returns a short summary for the TLV's tree item.
+local decoders = {}
+
+decoders[1] = function(cursor, tree)
+    cursor:add_timestamp(tree, pf.token_timestamp, "token timestamp")
+    cursor:add_bytes(tree, pf.token_nonce, NONCE_SIZE, "token nonce")
+    local sender = cursor:add_name(tree, pf.token_sender, "token sender")
+    local recipient = cursor:add_name(tree, pf.token_recipient, "token recipient")
+    seen.sender, seen.recipient = sender, recipient
+    return string.format("token_%s for %s", sender, recipient)
+end
+
+decoders[2] = function(cursor, tree)
+    cursor:add_timestamp(tree, pf.host_timestamp, "host token timestamp")
+    cursor:add_bytes(tree, pf.host_nonce, NONCE_SIZE, "host token nonce")
+    local host = cursor:add_name(tree, pf.host_name, "host")
+    seen.host = host
+    cursor:add_uint(tree, pf.host_group, 4, "host token group")
+    cursor:add_uint(tree, pf.host_suite, 1, "host token suite")
+    local length = cursor:add_blob(tree, pf.host_signature_length, pf.host_signature,
+                                   2, "host token signature")
+    return string.format("[token_%s]^SK_%s, signature %d bytes", host, host, length)
+end
+
+-- a flag byte, which must be 0 or 1
+local function add_flag(cursor, tree, field, what)
+    local value, item = cursor:add_uint(tree, field, 1, what)
+    if value > 1 then
+        flag(item, string.format("%s byte %d is neither 0 nor 1", what, value))
+    end
+    return value
+end
+
+local function add_acl_body(cursor, tree)
+    cursor:add_uint(tree, pf.acl_group, 4, "ACL group")
+    cursor:add_uint(tree, pf.acl_serial, 4, "ACL serial")
+    local mode, mode_item = cursor:add_uint(tree, pf.acl_mode, 1, "ACL mode")
+    if ACL_MODES[mode] == nil then
+        flag(mode_item, string.format("unknown ACL mode %d", mode))
+    end
+    add_unix_seconds(cursor, tree, pf.acl_not_before, "ACL not-before time")
+    add_unix_seconds(cursor, tree, pf.acl_not_after, "ACL not-after time")
+    local initiator = cursor:add_name(tree, pf.acl_initiator, "initiator")
+    cursor:add_uint(tree, pf.acl_suite, 1, "ACL suite")
+    cursor:add_uint(tree, pf.acl_key_lifetime, 4, "key lifetime")
+    add_flag(cursor, tree, pf.acl_strict, "strict flag")
+
+    -- host entries are names or shell-style patterns such as h-*
+    local count, count_item = cursor:add_uint(tree, pf.acl_host_count, 2,
+                                              "ACL entry count")
+    if count * 2 > cursor:remaining() then
+        flag(count_item, string.format("%d ACL entries cannot fit", count))
+        malformed(string.format("%d ACL entries cannot fit in the field", count))
+    end
+    for _ = 1, count do
+        local length_range, start = cursor:take(1, "ACL entry length")
+        local size = length_range:uint()
+        local text = text_of(cursor:take(size, "ACL entry"))
+        local item = tree:add(pf.acl_host, cursor.tvb:range(start, 1 + size), text)
+        if not valid_pattern(text) then
+            flag(item, string.format("invalid ACL entry %q", text))
+        end
+    end
+
+    local has_trusted = add_flag(cursor, tree, pf.acl_has_trusted,
+                                 "trusted-router flag")
+    if has_trusted == 1 then
+        cursor:add_names(tree, pf.acl_trusted_count, pf.acl_trusted, "trusted router")
+    end
+    add_flag(cursor, tree, pf.acl_central, "central flag")
+    return initiator, count
+end
+
+decoders[3] = function(cursor, tree)
+    local body_length = cursor:add_uint(tree, pf.acl_body_length, 2, "ACL body length")
+    local body = new_cursor(cursor.tvb, cursor.pos, cursor.pos + body_length)
+    cursor:take(body_length, "ACL body")
+    local body_tree = tree:add(smkd, cursor.tvb:range(body.pos, body_length),
+                               string.format("ACL body (%d bytes)", body_length))
+
+    -- a broken body leaves the initiator's signature after it readable
+    local ok, initiator, count = pcall(add_acl_body, body, body_tree)
+    if not ok then
+        flag(body_tree, describe_error(initiator))
+        initiator, count = "?", 0
+    elseif body:remaining() ~= 0 then
+        flag(body_tree, string.format("%d trailing bytes after the ACL body",
+                                      body:remaining()))
+    end
+
+    local signature_length = cursor:add_blob(tree, pf.acl_signature_length,
+                                             pf.acl_signature, 2, "ACL signature")
+    return string.format("[ACL]^SK_%s, %d entries, body %d bytes, signature %d bytes",
+                         initiator, count, body_length, signature_length)
+end
+
+decoders[4] = function(cursor, tree)
+    local length = cursor:remaining()
+    local item = tree:add(pf.sealed_acl_length, length)
+    item:set_generated()
+    cursor:add_bytes(tree, pf.sealed_acl, length, "sealed ACL")
+    if length == 0 then
+        flag(item, "empty sealed ACL")
+    end
+    return string.format("{[ACL]}^PK_core, %d bytes", length)
+end
+
+local function bundle_decoder(recipient_field, length_field, value_field)
+    return function(cursor, tree)
+        local recipient = cursor:add_name(tree, recipient_field, "bundle recipient")
+        local length = cursor:remaining()
+        local item = tree:add(length_field, length)
+        item:set_generated()
+        cursor:add_bytes(tree, value_field, length, "sealed bundle")
+        if length == 0 then
+            flag(item, "empty sealed bundle")
+        end
+        return string.format("{grpKey, KEK, Sparams}^PK_%s, %d bytes",
+                             recipient, length)
+    end
+end
+
+decoders[5] = bundle_decoder(pf.host_bundle_recipient, pf.host_bundle_length,
+                             pf.host_bundle)
+decoders[6] = bundle_decoder(pf.hop_bundle_recipient, pf.hop_bundle_length,
+                             pf.hop_bundle)
+
+decoders[7] = function(cursor, tree)
+    local routers = cursor:add_names(tree, pf.path_count, pf.path_router, "path router")
+    return "path " .. table.concat(routers, " > ")
+end
+
+decoders[8] = function(cursor, tree)
+    local code, item = cursor:add_uint(tree, pf.reason_code, 1, "reason code")
+    if REASON_CODES[code] == nil then
+        flag(item, string.format("unknown reason code %d", code))
+    end
+    local length = cursor:add_uint(tree, pf.reason_text_length, 1, "reason text length")
+    local range = cursor:take(length, "reason text")
+    tree:add(pf.reason_text, range, text_of(range))
+    local text = text_of(range)
+    return (REASON_CODES[code] or tostring(code)) .. (text ~= "" and ": " .. text or "")
+end
+
+decoders[SIGNATURE_TLV] = function(cursor, tree)
+    local signer = cursor:add_name(tree, pf.signer, "signer")
+    seen.signer = signer
+    cursor:add_uint(tree, pf.signature_suite, 1, "signature suite")
+    local length = cursor:add_blob(tree, pf.signature_length, pf.signature, 2,
+                                   "signature")
+    return string.format("^SK_%s, %d bytes", signer, length)
+end
+
+-- The Internet checksum of RFC 1071 over the whole datagram sums to 0xFFFF
+-- when the checksum field is right. Plain arithmetic avoids bit operations,
+-- which differ between the Lua versions that Wireshark embeds.
+local function checksum_holds(tvb, length)
+    local total = 0
+    for offset = 0, length - 2, 2 do
+        total = total + tvb:range(offset, 2):uint()
+    end
+    if length % 2 == 1 then
+        total = total + tvb:range(length - 1, 1):uint() * 256
+    end
+    while total > 0xFFFF do
+        total = (total % 0x10000) + math.floor(total / 0x10000)
+    end
+    return total == 0xFFFF
+end
+
+local function dissect_header(cursor, tree)
+    local header = tree:add(smkd, cursor.tvb:range(0, math.min(cursor.limit,
+                                                               FIXED_HEADER_SIZE)),
+                            "Control header")
+    local first, version_item = cursor:add_uint(header, pf.version, 1, "version")
+    local version = math.floor(first / 16)
+    if version ~= VERSION then
+        flag(version_item, string.format("unsupported version %d", version))
+    end
+    local message_type, type_item = cursor:add_uint(header, pf.type, 1, "type")
+    local type_name = MESSAGE_TYPES[message_type]
+    if type_name == nil then
+        flag(type_item, string.format("unknown message type %d", message_type))
+    end
+    local code, code_item = cursor:add_uint(header, pf.code, 1, "code")
+    local code_names = CODE_NAMES[message_type]
+    local code_name = nil
+    if code_names ~= nil then
+        code_name = code_names[code] or "unknown"
+        code_item:append_text(" (" .. code_name .. ")")
+    end
+    local core_count, count_item = cursor:add_uint(header, pf.core_count, 1,
+                                                   "core count")
+    if core_count > MAX_CORES then
+        flag(count_item, string.format("%d cores exceed %d", core_count, MAX_CORES))
+    end
+    local length, length_item = cursor:add_uint(header, pf.header_length, 2,
+                                                "header length")
+    if length ~= FIXED_HEADER_SIZE + 4 * core_count then
+        flag(length_item, string.format("header length %d does not match %d cores",
+                                        length, core_count))
+    end
+    local _, checksum_item = cursor:add_uint(header, pf.checksum, 2, "checksum")
+    cursor:add_uint(header, pf.group, 4, "group address")
+    cursor:add_uint(header, pf.group_mask, 4, "group mask")
+    cursor:add_uint(header, pf.origin, 4, "packet origin")
+    cursor:add_uint(header, pf.primary_core, 4, "primary core")
+    cursor:add_uint(header, pf.target_core, 4, "target core")
+    for _ = 1, core_count do
+        cursor:add_uint(header, pf.core, 4, "core list")
+    end
+    header:set_len(cursor.pos)
+
+    -- the Info column names the code of reports always, of joins when unusual
+    local title = type_name or string.format("type %d", message_type)
+    if code_name ~= nil and (message_type == 0x10 or code ~= 0) then
+        title = title .. " " .. code_name
+    end
+    return title, checksum_item
+end
+
+local function dissect_tlv(cursor, tree)
+    local start = cursor.pos
+    local type_range = cursor:take(1, "TLV type")
+    local tlv_type = type_range:uint()
+    local length_range = cursor:take(2, "TLV length")
+    local length = length_range:uint()
+    local available = math.min(length, cursor:remaining())
+    local tlv_tree = tree:add(smkd, cursor.tvb:range(start, 3 + available),
+                              TLV_TYPES[tlv_type] or string.format("TLV %d", tlv_type))
+    tlv_tree:add(pf.tlv_type, type_range)
+    tlv_tree:add(pf.tlv_length, length_range)
+    if length > cursor:remaining() then
+        flag(tlv_tree, string.format("TLV length %d exceeds the %d bytes left",
+                                     length, cursor:remaining()))
+        malformed("TLV runs past the end of the datagram")
+    end
+
+    local value = new_cursor(cursor.tvb, cursor.pos, cursor.pos + length)
+    cursor:take(length, "TLV value")
+    local decoder = decoders[tlv_type]
+    if decoder == nil then
+        flag(tlv_tree, string.format("unknown TLV type %d", tlv_type))
+        return tlv_type
+    end
+
+    -- a broken value spoils only its own TLV, since the length bounds it
+    local ok, result = pcall(decoder, value, tlv_tree)
+    if not ok then
+        flag(tlv_tree, describe_error(result))
+    elseif value:remaining() ~= 0 then
+        flag(tlv_tree, string.format("%d trailing bytes after TLV %s",
+                                     value:remaining(), TLV_TYPES[tlv_type]))
+    else
+        tlv_tree:append_text(": " .. result)
+    end
+    return tlv_type
+end
+
+local function dissect_tlvs(cursor, tree)
+    local last_type = 0
+    local signed = false
+    while cursor:remaining() > 0 do
+        local tlv_type = dissect_tlv(cursor, tree)
+        if tlv_type <= last_type then
+            flag(tree, string.format("TLV type %d out of order or repeated", tlv_type))
+        end
+        last_type = tlv_type
+        if tlv_type == SIGNATURE_TLV then
+            signed = true
+            if cursor:remaining() > 0 then
+                flag(tree, string.format("%d bytes after the signature",
+                                         cursor:remaining()))
+            end
+            return signed
+        end
+    end
+    return signed
+end
+
+local function dissect(tvb, pinfo, tree)
+    local captured = tvb:len()
+    local root = tree:add(smkd, tvb:range(0, captured))
+    if tvb:reported_len() > captured then
+        root:add_proto_expert_info(ef.truncated, string.format(
+            "%d of %d bytes captured", captured, tvb:reported_len()))
+    end
+
+    local cursor = new_cursor(tvb, 0, captured)
+    local type_name, checksum_item = dissect_header(cursor, root)
+    pinfo.cols.info:set(type_name)
+    root:append_text(", " .. type_name)
+    if tvb:reported_len() == captured then
+        local good = checksum_holds(tvb, captured)
+        local status = root:add(pf.checksum_good, good)
+        status:set_generated()
+        if not good then
+            checksum_item:add_proto_expert_info(ef.bad_checksum)
+            seen.bad_checksum = true
+        end
+    end
+
+    local tlvs = root:add(smkd, tvb:range(cursor.pos, captured - cursor.pos),
+                          "Security TLVs")
+    if not dissect_tlvs(cursor, tlvs) then
+        flag(tlvs, "missing SIGNATURE TLV")
+    end
+end
+
+local function summarize()
+    local parts = {}
+    if seen.sender ~= nil then
+        parts[#parts + 1] = string.format("token_%s for %s", seen.sender,
+                                          seen.recipient)
+    end
+    if seen.host ~= nil then
+        parts[#parts + 1] = "host " .. seen.host
+    end
+    if seen.signer ~= nil then
+        parts[#parts + 1] = "signed by " .. seen.signer
+    end
+    return table.concat(parts, ", ")
+end
+
+function smkd.dissector(tvb, pinfo, tree)
+    pinfo.cols.protocol:set("SMKD")
+    problems = 0
+    seen = {}
+    local ok, failure = pcall(dissect, tvb, pinfo, tree)
+    if not ok then
+        problems = problems + 1
+        tree:add_proto_expert_info(ef.malformed, describe_error(failure))
+    end
+    local summary = summarize()
+    if summary ~= "" then
+        pinfo.cols.info:append(": " .. summary)
+    end
+    if seen.bad_checksum then
+        pinfo.cols.info:append(" [Bad checksum]")
+    end
+    if problems > 0 then
+        pinfo.cols.info:append(" [Malformed]")
+    end
+    return tvb:len()
+end
+
+local registered_port = nil
+
+local function register_port()
+    local udp = DissectorTable.get("udp.port")
+    if registered_port ~= nil then
+        udp:remove(registered_port, smkd)
+    end
+    registered_port = smkd.prefs.port
+    udp:add(registered_port, smkd)
+end
+
+function smkd.prefs_changed()
+    if registered_port ~= smkd.prefs.port then
+        register_port()
+    end
+end
+
+register_port()
