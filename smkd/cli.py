@@ -89,10 +89,31 @@ def add_import_zoo_parser(subparsers: SubParsers) -> None:
     add_parser(subparsers)
 
 
+def add_decode_parser(subparsers: SubParsers) -> None:
+    from smkd.decode import add_decode_parser as add
+
+    add(subparsers)
+
+
+def add_wireshark_parser(subparsers: SubParsers) -> None:
+    from smkd.decode import add_wireshark_parser as add
+
+    add(subparsers)
+
+
+def add_report_parser(subparsers: SubParsers) -> None:
+    from smkd.report import add_report_parser as add
+
+    add(subparsers)
+
+
 SUBCOMMANDS: list[Callable[[SubParsers], None]] = [
     add_run_parser,
     add_validate_parser,
     add_import_zoo_parser,
+    add_decode_parser,
+    add_wireshark_parser,
+    add_report_parser,
 ]
 
 

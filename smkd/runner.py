@@ -27,6 +27,7 @@ from .configs import prepare_pki
 from .expect import Outcome, RunRecord, evaluate
 from .model import Action, Impairment, Scenario, ValidationError, load_scenario
 from .outputs import write_junit, write_summary
+from .report import REPORT_NAME, write_report
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -360,6 +361,7 @@ def run_scenario(
         handler.close()
     write_summary(result, getattr(runner, "node_status", {}))
     write_junit(result)
+    write_report(result)
     return result
 
 
@@ -434,3 +436,4 @@ def print_summary(result: RunResult) -> None:
         f"  traces/  {captures} captures in captures/  summary.json  junit.xml  "
         f"logs/agents.log"
     )
+    print(f"report: {result.run_dir / REPORT_NAME}")

@@ -1,0 +1,763 @@
+"""The run report: one self-contained HTML page per run, ``report.html``.
+
+The page shows the topology with each group's delivery tree drawn over it and
+the GKDCs marked, how long each join took, the expectation results, the
+timeline of runner actions and agent trace events, and the per-node counters
+of summary.json. Styles, SVG and script are inline, so the page works offline
+and from a copied run directory.
+
+The tree comes from the traces: a router's ``on_tree`` event names its parent,
+a host's ``key_installed`` event names its designated router, and ``denied``
+or ``join_denied`` marks a host that the group ACL rejected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import itertools
+import json
+import math
+import sys
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+import numpy
+
+from .model import Scenario, Topology, ValidationError, load_scenario
+
+if TYPE_CHECKING:
+    from .runner import RunResult
+
+REPORT_NAME = "report.html"
+EXIT_INVALID = 2
+
+# SVG canvas and node sizes, in SVG user units (pixels at 100 % zoom)
+WIDTH = 960
+HEIGHT = 620
+PADDING = 70
+NODE_RADIUS = 11
+
+# hosts sit beyond their router at this fraction of the median link length,
+# spread over at most this angle (radians)
+HOST_DISTANCE = 0.45
+HOST_SPREAD = 1.6
+
+TREE_EVENTS = ("on_tree", "key_installed", "key_erased", "denied", "join_denied")
+GKDC_EVENTS = ("became_gkdc", "keys_created")
+KEY_EVENTS = ("key_installed", "became_gkdc", "keys_updated", "keys_created")
+PROBLEM_EVENTS = (
+    "denied",
+    "join_denied",
+    "nack_sent",
+    "nack_received",
+    "drop",
+    "token_rejected",
+    "acl_rejected",
+    "join_timeout",
+    "join_expired",
+    "action_failed",
+)
+
+
+@dataclass
+class RunData:
+    """The parts of a run directory that the report reads."""
+
+    scenario: Scenario
+    run_dir: Path
+    summary: dict[str, Any]
+    events: list[dict[str, Any]]
+    ready_at: float | None
+
+
+@dataclass
+class Tree:
+    """One group's delivery tree at the end of a run."""
+
+    group: str
+    parents: dict[str, str] = field(default_factory=dict)
+    gkdcs: set[str] = field(default_factory=set)
+    denied: set[str] = field(default_factory=set)
+
+
+def load_run(run_dir: Path, scenario: Scenario) -> RunData:
+    """Read the traces, the runner's record and summary.json of a run."""
+    events = []
+    for path in sorted((run_dir / "traces").glob("*.jsonl")):
+        events.extend(_read_jsonl(path))
+    runner_events = _read_jsonl(run_dir / "runner.jsonl")
+    events.extend(runner_events)
+    events.sort(key=lambda event: event.get("t", 0.0))
+
+    ready = [e["t"] for e in runner_events if e.get("event") == "ready"]
+    summary_path = run_dir / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return RunData(scenario, run_dir, summary, events, ready[0] if ready else None)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Read JSON lines, skipping a line that a killed agent left half written."""
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and "event" in record:
+            records.append(record)
+    return records
+
+
+def delivery_tree(events: Iterable[dict[str, Any]], group: str) -> Tree:
+    """Follow the trace events of ``group`` to its tree at the end of the run."""
+    tree = Tree(group)
+    for event in events:
+        if event.get("group") != group:
+            continue
+        name, node = event["event"], event.get("node", "")
+        if name == "on_tree":
+            tree.parents[node] = event["parent"]
+        elif name == "key_installed":
+            tree.parents[node] = event.get("peer", "")
+            tree.denied.discard(node)
+        elif name == "key_erased":
+            tree.parents.pop(node, None)
+        elif name in ("denied", "join_denied") and "host" in event:
+            if event["host"] not in tree.parents:
+                tree.denied.add(event["host"])
+        elif name in GKDC_EVENTS:
+            tree.gkdcs.add(node)
+    return tree
+
+
+def layout(topology: Topology, seed: int) -> dict[str, tuple[float, float]]:
+    """Place every node on the SVG canvas, deterministically for one seed.
+
+    Routers, cores and initiators get a spring layout. Each host goes just
+    beyond the router it is attached to, in the widest gap between that
+    router's links, so that hosts stay clear of the backbone.
+    """
+    graph = topology.graph()
+    attachments = _host_attachments(topology, graph)
+    backbone = graph.subgraph(n for n in graph if n not in attachments)
+    positions = _backbone_positions(backbone, seed)
+    positions.update(_place_hosts(attachments, positions, backbone))
+    return _fit_to_canvas(positions)
+
+
+def _backbone_positions(
+    backbone: nx.Graph, seed: int
+) -> dict[str, tuple[float, float]]:
+    if not len(backbone):
+        return {}
+    placed = nx.spring_layout(backbone, seed=seed, iterations=500)
+    names = list(placed)
+    points = numpy.array([placed[name] for name in names], dtype=float)
+    points -= points.mean(axis=0)
+
+    # turn the longest extent horizontal, since the canvas is wider than tall
+    if len(names) > 1:
+        _, _, axes = numpy.linalg.svd(points, full_matrices=False)
+        points = points @ axes.T
+    return {name: (float(x), float(y)) for name, (x, y) in zip(names, points)}
+
+
+def _host_attachments(topology: Topology, graph: nx.Graph) -> dict[str, str]:
+    """Map each host that has a router neighbour to the router it hangs from."""
+    attachments = {}
+    for lan in topology.lans:
+        for host in lan.hosts:
+            attachments[host] = lan.dr
+    for name, node in topology.nodes.items():
+        if node.role != "host" or name in attachments:
+            continue
+        routers = [n for n in graph.neighbors(name) if topology.nodes[n].role != "host"]
+        if routers:
+            attachments[name] = routers[0]
+    return attachments
+
+
+def _place_hosts(
+    attachments: dict[str, str],
+    positions: dict[str, tuple[float, float]],
+    backbone: nx.Graph,
+) -> dict[str, tuple[float, float]]:
+    distance = HOST_DISTANCE * _median_edge_length(backbone, positions)
+    by_router: dict[str, list[str]] = defaultdict(list)
+    for host, router in attachments.items():
+        by_router[router].append(host)
+
+    placed = {}
+    for router, hosts in by_router.items():
+        x, y = positions.get(router, (0.0, 0.0))
+        neighbours = backbone.neighbors(router) if router in backbone else ()
+        angles = [
+            math.atan2(positions[n][1] - y, positions[n][0] - x) for n in neighbours
+        ]
+        middle, gap = _widest_gap(angles)
+        spread = min(gap * 0.6, HOST_SPREAD) if len(hosts) > 1 else 0.0
+        for index, host in enumerate(hosts):
+            share = index / (len(hosts) - 1) - 0.5 if len(hosts) > 1 else 0.0
+            angle = middle + share * spread
+            placed[host] = (
+                x + distance * math.cos(angle),
+                y + distance * math.sin(angle),
+            )
+    return placed
+
+
+def _median_edge_length(
+    graph: nx.Graph, positions: dict[str, tuple[float, float]]
+) -> float:
+    lengths = sorted(
+        math.dist(positions[a], positions[b])
+        for a, b in graph.edges
+        if a in positions and b in positions
+    )
+    return lengths[len(lengths) // 2] if lengths else 1.0
+
+
+def _widest_gap(angles: list[float]) -> tuple[float, float]:
+    """Return the middle and the width of the widest gap between angles (rad)."""
+    if not angles:
+        # straight down in SVG coordinates, where y grows downwards
+        return math.pi / 2, 2 * math.pi
+    ordered = sorted(angle % (2 * math.pi) for angle in angles)
+    best_start, best_width = ordered[-1], ordered[0] + 2 * math.pi - ordered[-1]
+    for low, high in itertools.pairwise(ordered):
+        if high - low > best_width:
+            best_start, best_width = low, high - low
+    return best_start + best_width / 2, best_width
+
+
+def _fit_to_canvas(
+    positions: dict[str, tuple[float, float]],
+) -> dict[str, tuple[float, float]]:
+    """Scale positions uniformly into the canvas, keeping the layout's shape."""
+    if not positions:
+        return {}
+    xs = [x for x, _ in positions.values()]
+    ys = [y for _, y in positions.values()]
+    span_x, span_y = max(xs) - min(xs), max(ys) - min(ys)
+    scale = min(
+        (WIDTH - 2 * PADDING) / max(span_x, 1e-9),
+        (HEIGHT - 2 * PADDING) / max(span_y, 1e-9),
+    )
+    middle_x, middle_y = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
+    return {
+        name: (WIDTH / 2 + (x - middle_x) * scale, HEIGHT / 2 + (y - middle_y) * scale)
+        for name, (x, y) in positions.items()
+    }
+
+
+def _escape(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _cells(*values: Any) -> str:
+    return "".join(f"<td>{_escape(value)}</td>" for value in values)
+
+
+def render_topology(run: RunData, trees: list[Tree]) -> str:
+    """Draw links, LANs, nodes and one switchable tree layer per group as SVG."""
+    topology = run.scenario.topology
+    positions = layout(topology, run.scenario.seed)
+    parts = [
+        _svg_open("topology", HEIGHT, "topology and delivery tree"),
+        _SVG_DEFS,
+    ]
+    parts.extend(_segment_lines(topology, positions))
+    for index, tree in enumerate(trees):
+        hidden = "" if index == 0 else ' style="display:none"'
+        parts.append(f'<g class="tree" data-group="{_escape(tree.group)}"{hidden}>')
+        parts.extend(_tree_edges(tree, positions))
+        parts.append("</g>")
+    nodes = run.summary.get("nodes", {})
+    for name, node in topology.nodes.items():
+        parts.append(
+            _node_shape(name, node.role, positions[name], trees, nodes.get(name, {}))
+        )
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+def _svg_open(element_id: str, height: int, label: str) -> str:
+    return (
+        f'<svg id="{element_id}" viewBox="0 0 {WIDTH} {height}" role="img" '
+        f'aria-label="{_escape(label)}">'
+    )
+
+
+_SVG_DEFS = """<defs>
+<marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="3.2"
+ markerHeight="3.2" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"
+ class="arrowhead"/></marker>
+</defs>"""
+
+
+def _segment_lines(
+    topology: Topology, positions: dict[str, tuple[float, float]]
+) -> list[str]:
+    lines = []
+    for link in topology.links:
+        lines.append(
+            _line(
+                positions[link.a],
+                positions[link.b],
+                "link",
+                f"{link.name}: {link.impairment.delay * 1000:g} ms",
+            )
+        )
+    for lan in topology.lans:
+        for member in lan.hosts + lan.routers:
+            if member != lan.dr:
+                lines.append(
+                    _line(
+                        positions[member],
+                        positions[lan.dr],
+                        "lan",
+                        f"{lan.name} (DR {lan.dr})",
+                    )
+                )
+    return lines
+
+
+def _line(
+    a: tuple[float, float],
+    b: tuple[float, float],
+    css: str,
+    title: str,
+    trim: float = 0.0,
+) -> str:
+    (x1, y1), (x2, y2) = a, b
+    length = math.hypot(x2 - x1, y2 - y1)
+    if trim and length > 2 * trim:
+        # stop short of both nodes so that the arrowhead stays visible
+        dx, dy = (x2 - x1) / length * trim, (y2 - y1) / length * trim
+        x1, y1, x2, y2 = x1 + dx, y1 + dy, x2 - dx, y2 - dy
+    return (
+        f'<line class="{css}" x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" '
+        f'y2="{y2:.1f}"><title>{_escape(title)}</title></line>'
+    )
+
+
+def _tree_edges(tree: Tree, positions: dict[str, tuple[float, float]]) -> list[str]:
+    edges = []
+    for child, parent in sorted(tree.parents.items()):
+        if child in positions and parent in positions:
+            edges.append(
+                _line(
+                    positions[child],
+                    positions[parent],
+                    "tree-edge",
+                    f"{child} joined through {parent}",
+                    trim=NODE_RADIUS + 3,
+                )
+            )
+    return edges
+
+
+def _node_shape(
+    name: str,
+    role: str,
+    position: tuple[float, float],
+    trees: list[Tree],
+    status: dict[str, Any],
+) -> str:
+    x, y = position
+    classes = ["node", f"role-{role}"]
+    marks = []
+    for tree in trees:
+        if name in tree.gkdcs:
+            marks.append(f"gkdc-{tree.group}")
+        if name in tree.denied:
+            marks.append(f"denied-{tree.group}")
+        if role == "host" and name in tree.parents:
+            marks.append(f"member-{tree.group}")
+    data_marks = " ".join(marks)
+    shape = _SHAPES.get(role, _SHAPES["router"]).format(r=NODE_RADIUS)
+    title = _node_title(name, role, status)
+    return (
+        f'<g class="{" ".join(classes)}" data-node="{_escape(name)}" '
+        f'data-marks="{_escape(data_marks)}" transform="translate({x:.1f},{y:.1f})">'
+        f'{shape}<text y="{NODE_RADIUS + 13}">{_escape(name)}</text>'
+        f"<title>{_escape(title)}</title></g>"
+    )
+
+
+_SHAPES = {
+    "router": '<circle r="{r}"/>',
+    "core": '<circle r="{r}"/><circle class="ring" r="5"/>',
+    "host": '<rect x="-8" y="-8" width="16" height="16" rx="3"/>',
+    "initiator": '<polygon points="0,-12 12,0 0,12 -12,0"/>',
+}
+
+
+def _node_title(name: str, role: str, status: dict[str, Any]) -> str:
+    lines = [f"{name} ({role})"]
+    for counter, value in sorted(status.get("counters", {}).items()):
+        lines.append(f"{counter}: {value}")
+    if "error" in status:
+        lines.append(f"status: {status['error']}")
+    return "\n".join(lines)
+
+
+def render_joins(run: RunData) -> str:
+    """Chart each host's join as a bar from the join action to key or denial."""
+    rows = _join_rows(run)
+    if not rows:
+        return "<p>No joins in this run.</p>"
+    end = max(finish for _, _, _, finish, _ in rows) or 1.0
+    scale = (WIDTH - 260) / max(end, 1e-3)
+    height = 22 * len(rows) + 30
+    parts = [_svg_open("joins", height, "join latency per host")]
+    for index, (host, group, start, finish, outcome) in enumerate(rows):
+        y = 10 + 22 * index
+        width = max((finish - start) * scale, 2.0)
+        label = f"{host} {group}: {outcome} after {(finish - start) * 1000:.0f} ms"
+        parts.append(
+            f'<text class="label" x="170" y="{y + 13}">{_escape(host)}</text>'
+            f'<rect class="bar {outcome}" x="{180 + start * scale:.1f}" y="{y}" '
+            f'width="{width:.1f}" height="16"><title>{_escape(label)}</title></rect>'
+            f'<text class="value" x="{186 + start * scale + width:.1f}" y="{y + 13}">'
+            f"{(finish - start) * 1000:.0f} ms</text>"
+        )
+    parts.append(
+        f'<text class="axis" x="180" y="{height - 4}">0 s = topology ready; '
+        f"right edge = {end:.2f} s</text></svg>"
+    )
+    return "\n".join(parts)
+
+
+def _join_rows(run: RunData) -> list[tuple[str, str, float, float, str]]:
+    """Return (host, group, start, finish, outcome) per join, times after ready."""
+    origin = run.ready_at or (run.events[0]["t"] if run.events else 0.0)
+    rows = []
+    for action in (e for e in run.events if e.get("event") == "action"):
+        if action.get("action") != "join":
+            continue
+        host, group = action.get("node"), action.get("group")
+        outcome, finish = _join_outcome(run.events, host, group, action["t"])
+        rows.append((host, group, action["t"] - origin, finish - origin, outcome))
+    return rows
+
+
+def _join_outcome(
+    events: list[dict[str, Any]], host: str, group: str, start: float
+) -> tuple[str, float]:
+    for event in events:
+        if event["t"] < start or event.get("group") != group:
+            continue
+        if event.get("node") == host and event["event"] == "key_installed":
+            return "keyed", event["t"]
+        if event.get("host") == host and event["event"] in ("denied", "join_denied"):
+            return "denied", event["t"]
+    last = events[-1]["t"] if events else start
+    return "pending", last
+
+
+def render_expectations(run: RunData) -> str:
+    summary = run.summary
+    rows = []
+    if summary.get("ready_error"):
+        rows.append(("FAIL", "topology becomes ready", "", summary["ready_error"]))
+    for error in summary.get("action_errors", []):
+        rows.append(("FAIL", "timeline action", "", error))
+    for outcome in summary.get("expectations", []):
+        mark = "ok" if outcome["passed"] else "FAIL"
+        rows.append(
+            (mark, outcome["name"], outcome.get("line") or "", outcome["detail"])
+        )
+    if not rows:
+        return "<p>No expectations were checked.</p>"
+    body = "\n".join(
+        f'<tr class="{"pass" if row[0] == "ok" else "fail"}">{_cells(*row)}</tr>'
+        for row in rows
+    )
+    return (
+        "<table><thead><tr><th></th><th>expectation</th><th>line</th>"
+        f"<th>detail</th></tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def render_timeline(run: RunData) -> str:
+    origin = run.ready_at or (run.events[0]["t"] if run.events else 0.0)
+    rows = []
+    for event in run.events:
+        name = event["event"]
+        details = " ".join(
+            f"{key}={value}"
+            for key, value in event.items()
+            if key not in ("t", "node", "event") and value is not None
+        )
+        node = event.get("node", "")
+        rows.append(
+            f'<tr class="{_event_class(name)}" data-node="{_escape(node)}">'
+            f'<td class="num">{event["t"] - origin:.3f}</td>'
+            f"{_cells(node, name, details)}</tr>"
+        )
+    return (
+        '<p><input id="filter" type="search" placeholder="filter: node, event or '
+        'detail (click a node in the topology)"> <span id="shown"></span></p>'
+        '<div class="scroll"><table id="timeline"><thead><tr><th>s after ready</th>'
+        "<th>node</th><th>event</th><th>details</th></tr></thead><tbody>"
+        + "\n".join(rows)
+        + "</tbody></table></div>"
+    )
+
+
+def _event_class(name: str) -> str:
+    if name in ("action", "ready", "started", "stopped"):
+        return "ev-runner"
+    if name in PROBLEM_EVENTS:
+        return "ev-problem"
+    if name in KEY_EVENTS or name == "keys_delivered":
+        return "ev-key"
+    if name in TREE_EVENTS or name.startswith(("join", "ack")):
+        return "ev-tree"
+    return "ev-other"
+
+
+def render_counts(run: RunData) -> str:
+    nodes = run.summary.get("nodes", {})
+    if not nodes:
+        return "<p>No node status was collected.</p>"
+    counters = sorted(
+        {c for status in nodes.values() for c in status.get("counters", {})}
+    )
+    head = "".join(f"<th>{_escape(c)}</th>" for c in counters)
+    rows = []
+    for name, status in nodes.items():
+        node = run.scenario.topology.nodes.get(name)
+        role = status.get("role") or (node.role if node is not None else "")
+        cells = "".join(
+            f'<td class="num">{_escape(status.get("counters", {}).get(c, ""))}</td>'
+            for c in counters
+        )
+        note = _escape(status.get("error", ""))
+        rows.append(
+            f"<tr><td>{_escape(name)}</td><td>{_escape(role)}</td>"
+            f"{cells}<td>{note}</td></tr>"
+        )
+    return (
+        '<div class="scroll"><table id="counts"><thead><tr><th>node</th>'
+        f"<th>role</th>{head}<th>status</th></tr></thead><tbody>"
+        + "\n".join(rows)
+        + "</tbody></table></div>"
+    )
+
+
+def render_report(run: RunData) -> str:
+    """Build the whole HTML page of one run."""
+    scenario, summary = run.scenario, run.summary
+    groups = list(scenario.topology.groups)
+    trees = [delivery_tree(run.events, group) for group in groups]
+    passed = summary.get("passed")
+    verdict = {True: "PASSED", False: "FAILED"}.get(passed, "NOT CHECKED")
+    options = "".join(
+        f'<option value="{_escape(g)}">{_escape(g)}</option>' for g in groups
+    )
+    tree_notes = "".join(_tree_note(tree) for tree in trees)
+    return _PAGE.format(
+        title=_escape(f"smkd run: {scenario.name}"),
+        style=_STYLE,
+        script=_SCRIPT,
+        name=_escape(scenario.name),
+        description=_escape(scenario.description),
+        verdict=verdict,
+        verdict_class="pass" if passed else "fail",
+        seconds=summary.get("seconds", 0.0),
+        backend=_escape(summary.get("backend", "")),
+        run_dir=_escape(run.run_dir),
+        topology_source=_escape(scenario.topology.source),
+        options=options,
+        topology=render_topology(run, trees),
+        tree_notes=tree_notes,
+        joins=render_joins(run),
+        expectations=render_expectations(run),
+        timeline=render_timeline(run),
+        counts=render_counts(run),
+    )
+
+
+def _tree_note(tree: Tree) -> str:
+    members = sorted(child for child in tree.parents)
+    return (
+        f'<p class="tree-note" data-group="{_escape(tree.group)}">Group '
+        f"{_escape(tree.group)}: {len(tree.parents)} tree edges; GKDCs "
+        f"{_escape(', '.join(sorted(tree.gkdcs)) or 'none')}; denied "
+        f"{_escape(', '.join(sorted(tree.denied)) or 'none')}; on the tree "
+        f"{_escape(', '.join(members) or 'nobody')}.</p>"
+    )
+
+
+def write_report(result: RunResult) -> Path:
+    """Write report.html into the run directory, after summary.json, and return it."""
+    run = load_run(result.run_dir, result.scenario)
+    path = result.run_dir / REPORT_NAME
+    path.write_text(render_report(run), encoding="utf-8")
+    return path
+
+
+def add_report_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write the HTML report of an earlier run again",
+        description="Write report.html into a run directory from its traces and "
+        "summary.json, as smkd run does at the end of every run.",
+    )
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
+    parser.set_defaults(handler=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    summary_path = run_dir / "summary.json"
+    try:
+        summary = json.loads(summary_path.read_text())
+        scenario = load_scenario(summary["source"])
+    except (OSError, ValueError, KeyError) as error:
+        print(f"smkd report: cannot read {summary_path}: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    except ValidationError as error:
+        print(
+            f"smkd report: scenario of {run_dir} is invalid: {error.problems[0]}",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    path = run_dir / REPORT_NAME
+    path.write_text(render_report(load_run(run_dir, scenario)), encoding="utf-8")
+    print(path)
+    return 0
+
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em auto; max-width: 1000px;
+  color: #222; }
+h1 { font-size: 1.5em; margin-bottom: 0.2em; }
+h2 { font-size: 1.15em; margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+.verdict { padding: 2px 8px; border-radius: 4px; color: #fff; font-weight: bold; }
+.verdict.pass { background: #2a7d3b; } .verdict.fail { background: #b3261e; }
+.meta { color: #555; }
+svg { width: 100%; height: auto; background: #fafafa; border: 1px solid #ddd; }
+.link { stroke: #b8b8b8; stroke-width: 2; }
+.lan { stroke: #c8c8c8; stroke-width: 1.2; stroke-dasharray: 4 3; }
+.tree-edge { stroke: #1f5fbf; stroke-width: 4; marker-end: url(#arrow); }
+.arrowhead { fill: #1f5fbf; }
+.node circle, .node rect, .node polygon { fill: #fff; stroke: #444;
+  stroke-width: 1.5; }
+.node.role-core circle { stroke-width: 3; }
+.node .ring { fill: #444 !important; }
+.node.gkdc circle, .node.gkdc polygon { fill: #f2c14e; }
+.node.member rect { fill: #7cc47f; }
+.node.denied rect { fill: #e57368; }
+.node text { font-size: 10px; text-anchor: middle; fill: #333; paint-order: stroke;
+  stroke: #fafafa; stroke-width: 3px; }
+.node { cursor: pointer; }
+.legend span { display: inline-block; margin-right: 1.2em; }
+.swatch { display: inline-block; width: 12px; height: 12px; margin-right: 4px;
+  border: 1px solid #444; vertical-align: -2px; }
+#joins .bar.keyed { fill: #7cc47f; } #joins .bar.denied { fill: #e57368; }
+#joins .bar.pending { fill: #bbb; }
+#joins .label { font-size: 11px; text-anchor: end; }
+#joins .value, #joins .axis { font-size: 10px; fill: #555; }
+table { border-collapse: collapse; width: 100%; font-size: 13px; }
+th, td { border-bottom: 1px solid #eee; padding: 3px 6px; text-align: left;
+  vertical-align: top; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.pass td:first-child { color: #2a7d3b; font-weight: bold; }
+tr.fail td:first-child { color: #b3261e; font-weight: bold; }
+.scroll { max-height: 420px; overflow: auto; border: 1px solid #eee; }
+tr.ev-runner { background: #eef3fb; } tr.ev-problem { background: #fdecea; }
+tr.ev-key { background: #edf7ee; } tr.ev-tree { background: #f5f0fa; }
+#filter { width: 60%; padding: 3px; }
+"""
+
+_SCRIPT = """
+(function () {
+  var select = document.getElementById('group');
+  var filter = document.getElementById('filter');
+  var shown = document.getElementById('shown');
+  var rows = Array.prototype.slice.call(
+    document.querySelectorAll('#timeline tbody tr'));
+
+  function showGroup(group) {
+    document.querySelectorAll('[data-group]').forEach(function (element) {
+      element.style.display = element.dataset.group === group ? '' : 'none';
+    });
+    document.querySelectorAll('.node').forEach(function (node) {
+      var marks = node.dataset.marks.split(' ');
+      ['gkdc', 'member', 'denied'].forEach(function (mark) {
+        node.classList.toggle(mark, marks.indexOf(mark + '-' + group) >= 0);
+      });
+    });
+  }
+
+  function applyFilter() {
+    var text = filter.value.toLowerCase();
+    var count = 0;
+    rows.forEach(function (row) {
+      var match = !text || row.textContent.toLowerCase().indexOf(text) >= 0;
+      row.style.display = match ? '' : 'none';
+      if (match) { count += 1; }
+    });
+    shown.textContent = count + ' of ' + rows.length + ' events';
+  }
+
+  document.querySelectorAll('.node').forEach(function (node) {
+    node.addEventListener('click', function () {
+      filter.value = node.dataset.node;
+      applyFilter();
+    });
+  });
+  select.addEventListener('change', function () { showGroup(select.value); });
+  filter.addEventListener('input', applyFilter);
+  showGroup(select.value);
+  applyFilter();
+})();
+"""
+
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{title}</title>
+<style>{style}</style></head>
+<body>
+<h1>{name} <span class="verdict {verdict_class}">{verdict}</span></h1>
+<p class="meta">{description}<br>{seconds} s on the {backend} backend; topology
+{topology_source}; run directory {run_dir}</p>
+
+<h2>Delivery tree</h2>
+<p>Group <select id="group">{options}</select></p>
+{tree_notes}
+<p class="legend"><span><span class="swatch" style="background:#fff"></span>router
+(circle), core (thick circle), initiator (diamond), host (square)</span>
+<span><span class="swatch" style="background:#f2c14e"></span>GKDC</span>
+<span><span class="swatch" style="background:#7cc47f"></span>host holding the key</span>
+<span><span class="swatch" style="background:#e57368"></span>host denied</span>
+<span style="color:#1f5fbf">&#8594; tree edge, child to parent</span></p>
+{topology}
+
+<h2>Joins</h2>
+{joins}
+
+<h2>Expectations</h2>
+{expectations}
+
+<h2>Timeline</h2>
+{timeline}
+
+<h2>Per-node counts</h2>
+{counts}
+
+<script>{script}</script>
+</body></html>
+"""
