@@ -13,10 +13,12 @@ from pathlib import Path
 
 import networkx as nx
 
-from node.documents import AclMode, GroupAcl
+from node.codec import internet_checksum
+from node.documents import AclMode, GroupAcl, KeyBundle, SignedAcl, SignedBundle
+from node.errors import MalformedMessage
 from node.host import make_machine
 from node.machine import GroupConfig, Machine, NodeConfig, Timers, TraceEvent, Transmit
-from node.messages import decode_message
+from node.messages import Message, MessageType, Signature, decode_message, sign_message
 from node.pki import Directory, Identity, generate_pki
 
 START = 1_800_000_000.0
@@ -110,6 +112,63 @@ class Network:
             for d in self.deliveries
         ]
 
+    def delivered(
+        self, message_type: MessageType, source: str | None = None,
+        destination: str | None = None,
+    ) -> list[Delivery]:
+        """Return the deliveries of one message type, optionally on one hop.
+
+        Datagrams that do not decode (a test injected them) are skipped.
+        """
+        matches = []
+        for delivery in self.deliveries:
+            if source not in (None, delivery.source):
+                continue
+            if destination not in (None, delivery.destination):
+                continue
+            try:
+                delivered_type = delivery.message.header.type
+            except MalformedMessage:
+                continue
+            if delivered_type is message_type:
+                matches.append(delivery)
+        return matches
+
+    def join(self, host: str, group: str = "G") -> None:
+        """Make ``host`` join ``group`` now and deliver until quiet."""
+        self.machines[host].join(group, self.now)
+        self.run()
+
+    def group(self, node: str) -> GroupConfig:
+        return self.machines[node].config.groups[0]
+
+    def stored_bundle(self, router: str) -> KeyBundle:
+        """Open the key bundle that ``router`` keeps in its local vault."""
+        machine = self.machines[router]
+        address = self.group(router).address
+        sealed = machine.groups[address].vaulted_bundle
+        assert sealed is not None, f"{router} holds no key bundle"
+        signed = SignedBundle.decode(machine.vault.open(sealed, address))
+        return KeyBundle.decode(signed.body)
+
+    def sign_as(self, signer: str, message: Message) -> bytes:
+        """Encode ``message`` and sign it with ``signer``'s key, as its node would."""
+        machine = self.machines[signer]
+        group = self.group(signer)
+        unsigned = message.encode_unsigned()
+        value = machine.identity.sign(group.suite, unsigned)
+        return sign_message(unsigned, Signature(signer, group.suite_code, value))
+
+    def sign_acl(self, acl: GroupAcl) -> SignedAcl:
+        """Sign ``acl`` with the group initiator's key."""
+        group = self.group(acl.initiator)
+        body = acl.encode()
+        unsigned = SignedAcl(body, b"", acl)
+        signature = self.machines[acl.initiator].identity.sign(
+            group.suite, unsigned.signed_bytes()
+        )
+        return SignedAcl(body, signature, acl)
+
 
 @dataclass
 class Spec:
@@ -127,6 +186,14 @@ class Spec:
     suite: str = "default"
     serial: int = 1
     seal_acl: bool = False
+
+
+def with_checksum(datagram: bytes) -> bytes:
+    """Recompute the checksum of a datagram that a test has edited."""
+    edited = bytearray(datagram)
+    edited[6:8] = b"\0\0"
+    edited[6:8] = internet_checksum(bytes(edited)).to_bytes(2, "big")
+    return bytes(edited)
 
 
 def figure1_spec(**changes) -> Spec:
