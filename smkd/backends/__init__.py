@@ -82,4 +82,12 @@ def get_backend(name: str) -> type[Backend]:
         from .local import LocalBackend
 
         return LocalBackend
-    raise ConfigError(f"unknown backend {name!r}; available: local")
+    if name == "docker":
+        from .docker import DockerBackend
+
+        return DockerBackend
+    if name == "mininet":
+        from .mininet import MininetBackend
+
+        return MininetBackend
+    raise ConfigError(f"unknown backend {name!r}; available: local, mininet, docker")
