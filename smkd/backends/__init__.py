@@ -86,6 +86,10 @@ def get_backend(name: str) -> type[Backend]:
         from .docker import DockerBackend
 
         return DockerBackend
+    if name == "compose":
+        from .docker import ComposeBackend
+
+        return ComposeBackend
     if name == "mininet":
         from .mininet import MininetBackend
 

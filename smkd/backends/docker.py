@@ -1,0 +1,686 @@
+"""The Docker backend: one container per node, one internal network per link or LAN.
+
+Every link or LAN becomes a Docker bridge network created ``internal``, so
+that no container reaches beyond the machine, with the subnet that
+:class:`~smkd.configs.LinkAddressing` assigns; each member is attached at
+its fixed address. Agents bind 0.0.0.0 and reach their peers at these link
+addresses. The run directory (and the control directory, if it lies
+elsewhere) is bind-mounted at the same path inside every container, so the
+configs' paths and the agents' Unix control sockets work on both sides.
+
+Faults: a link goes down by disconnecting its network from every member and
+comes back by connecting them again; a node stops and starts with its
+container. Delay, jitter, loss and bandwidth come from tc netem inside the
+containers where the kernel has netem, else from the agents where they send.
+
+Captures: tcpdump in each container records what the node sends on each
+link (see docker/entrypoint.py); when the run ends the backend merges these
+parts into one ``captures/SEGMENT.pcap`` per link or LAN.
+
+Containers and networks carry the labels ``smkd.run`` and ``smkd.owner``
+(host and process id). :meth:`DockerBackend.stop` removes them, and the next
+run on the same host removes those of runs whose process has died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import socket
+import struct
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError, SmkdError
+
+from ..configs import LinkAddressing, segment_members, segment_peers, write_node_configs
+from ..control import send_command
+from ..model import Impairment, Topology
+from . import Backend
+
+log = logging.getLogger("smkd.docker")
+
+DEFAULT_IMAGE = "smkd-node:latest"
+RUN_LABEL = "smkd.run"
+OWNER_LABEL = "smkd.owner"
+
+# seconds a container has to stop after SIGTERM before Docker kills it
+STOP_TIMEOUT = 5
+
+# seconds to wait for agents to answer on their control sockets
+START_TIMEOUT = 30.0
+
+# seconds to wait for a container's capture to restart after a link comes up
+CAPTURE_RESTART_TIMEOUT = 3.0
+
+# parallel Docker API calls; the SDK's connection pool holds 10
+WORKERS = 8
+
+
+def image_name() -> str:
+    """Return the node image: ``$SMKD_IMAGE``, else smkd-node:latest."""
+    return os.environ.get("SMKD_IMAGE", DEFAULT_IMAGE)
+
+
+def connect_engine() -> Any:
+    """Return a Docker SDK client for a reachable engine, or raise ConfigError."""
+    try:
+        import docker
+    except ImportError:
+        raise ConfigError(
+            "the Docker backend needs the Docker SDK for Python; install it with "
+            "pip install 'smkd[docker]' (or pip install docker)"
+        ) from None
+    try:
+        client = docker.from_env(timeout=60)
+        client.ping()
+    except docker.errors.DockerException as error:
+        raise ConfigError(
+            f"cannot reach the Docker engine: {error}. Start it (systemctl start "
+            "docker, or run dockerd) or point DOCKER_HOST at it"
+        ) from None
+    return client
+
+
+class DockerBackend(Backend):
+    name = "docker"
+
+    # netem availability per image, probed once per process
+    _netem: dict[str, bool] = {}
+
+    @classmethod
+    def check_available(cls) -> None:
+        import docker
+
+        client = connect_engine()
+        image = image_name()
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            raise ConfigError(
+                f"Docker image {image} not found; build it with docker/build "
+                "(docker/build --offline where no registry can be reached), or set "
+                "SMKD_IMAGE to an image built from docker/Dockerfile"
+            ) from None
+
+    @classmethod
+    def write_configs(
+        cls, topology: Topology, run_dir: Path, seed: int, control_dir: Path
+    ) -> dict[str, Path]:
+        paths = write_node_configs(
+            topology, run_dir, seed, control_dir,
+            addressing=LinkAddressing.assign(topology), agent_captures=False,
+        )
+        if cls.netem_available(connect_engine()):
+            # the containers' netem emulates the links, so the agents must not
+            for path in paths.values():
+                document = json.loads(path.read_text())
+                document["emulate_links"] = False
+                path.write_text(json.dumps(document, indent=1))
+        return paths
+
+    @classmethod
+    def netem_available(cls, client: Any) -> bool:
+        """Probe whether containers can use tc netem on this kernel.
+
+        ``SMKD_LINK_EMULATION=agent`` skips the probe and keeps agent-side
+        emulation, which draws loss and jitter from the scenario's seed.
+        """
+        if os.environ.get("SMKD_LINK_EMULATION") == "agent":
+            return False
+        image = image_name()
+        if image not in cls._netem:
+            cls._netem[image] = _probe_netem(client, image)
+        return cls._netem[image]
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.client = connect_engine()
+        self.image = image_name()
+        self.run_id = secrets.token_hex(4)
+        self.addressing = LinkAddressing.assign(self.topology)
+        self.netem = any(
+            json.loads(path.read_text()).get("emulate_links") is False
+            for path in self.configs.values()
+        )
+        self.networks: dict[str, Any] = {}
+        self.containers: dict[str, Any] = {}
+        self.down: set[str] = set()
+
+    # lifecycle
+
+    async def start(self) -> None:
+        remove_stale_resources(self.client)
+        for segment in [*self.topology.links, *self.topology.lans]:
+            self.networks[segment.name] = self._create_network(segment.name)
+        created = self._parallel(self._create_container, self.configs)
+        self.containers = dict(zip(self.configs, created))
+        self._parallel(lambda name: self.containers[name].start(), self.containers)
+        await self._wait_answering(list(self.containers), START_TIMEOUT)
+
+    async def stop(self) -> None:
+        # blocking on purpose: a second Ctrl-C must not cut the cleanup short
+        self._parallel(self._stop_container, self.containers)
+        self._save_logs()
+        self._remove_resources()
+        merge_capture_parts(self.run_dir / "captures")
+
+    async def stop_node(self, name: str) -> None:
+        container = self._container(name)
+        container.reload()
+        if container.status != "running":
+            raise ConfigError(f"node {name} is not running")
+        await asyncio.to_thread(container.stop, timeout=STOP_TIMEOUT)
+
+    async def start_node(self, name: str) -> None:
+        container = self._container(name)
+        container.reload()
+        if container.status == "running":
+            raise ConfigError(f"node {name} is already running")
+        await asyncio.to_thread(container.start)
+        missing = await self._wait_answering([name], START_TIMEOUT)
+        if missing:
+            raise ConfigError(f"node {name} did not answer within {START_TIMEOUT:g} s "
+                              "of its container starting")
+
+    async def set_link(
+        self, segment: str, up: bool | None = None, impairment: Impairment | None = None
+    ) -> None:
+        found = self.topology.segment(segment)
+        if found is None:
+            raise ConfigError(f"no link or LAN named {segment!r}")
+        members = segment_members(found)
+        if up is False:
+            await asyncio.to_thread(self._disconnect, segment, members)
+        elif up is True:
+            await asyncio.to_thread(self._connect, segment, members)
+        if impairment is None:
+            return
+        if self.netem:
+            await asyncio.to_thread(self._set_netem, segment, members, impairment)
+            return
+
+        # each end emulates its own sending direction, so tell every member
+        request = {"cmd": "link", "link": segment, "impairment": asdict(impairment)}
+        for member in members:
+            if segment_peers(self.topology, found, member):
+                await self.command(member, request)
+
+    def describe(self) -> dict[str, Any]:
+        if self.netem:
+            emulation = "tc netem in each container (delay, jitter, loss, rate)"
+        else:
+            emulation = "agent-side (delay, jitter, loss, bandwidth); no netem here"
+        return {
+            "backend": self.name,
+            "image": self.image,
+            "link_emulation": emulation,
+            "link_down": "the link's Docker network is disconnected from its members",
+            "captures": "tcpdump in each container, merged per link or LAN",
+        }
+
+    # networks and containers
+
+    def _labels(self) -> dict[str, str]:
+        return {RUN_LABEL: self.run_id, OWNER_LABEL: owner_label()}
+
+    def _create_network(self, segment: str) -> Any:
+        import docker
+
+        subnet = self.addressing.subnets[segment]
+        ipam = docker.types.IPAMConfig(pool_configs=[
+            docker.types.IPAMPool(subnet=str(subnet), gateway=str(subnet.network_address + 1))
+        ])
+        name = f"smkd-{self.run_id}-{segment}"
+        try:
+            return self.client.networks.create(
+                name, driver="bridge", internal=True, ipam=ipam, labels=self._labels()
+            )
+        except docker.errors.APIError as error:
+            raise ConfigError(
+                f"cannot create Docker network {name} with subnet {subnet}: "
+                f"{error.explanation or error}. Another run or compose project may "
+                "use that subnet; remove it with docker network rm"
+            ) from None
+
+    def _create_container(self, name: str) -> Any:
+        api = self.client.api
+        interfaces = self.addressing.interfaces(name)
+        segments = list(interfaces)
+        networking = None
+        if segments:
+            first = segments[0]
+            networking = api.create_networking_config({
+                self.networks[first].name: api.create_endpoint_config(
+                    ipv4_address=interfaces[first]
+                )
+            })
+        environment = {}
+        if os.getuid() != 0:
+            # files and sockets the agent creates then belong to this user
+            environment["SMKD_USER"] = f"{os.getuid()}:{os.getgid()}"
+        host_config = api.create_host_config(
+            binds=self._binds(),
+            cap_add=["NET_ADMIN"] if self.netem else None,
+            network_mode=self.networks[segments[0]].name if segments else "none",
+        )
+        created = api.create_container(
+            self.image,
+            command=[str(self.configs[name].resolve())],
+            name=f"smkd-{self.run_id}-{name}",
+            hostname=name,
+            labels=self._labels(),
+            environment=environment,
+            host_config=host_config,
+            networking_config=networking,
+        )
+        container = self.client.containers.get(created["Id"])
+
+        # every network is attached before the start, in any order: the
+        # entrypoint finds each link by address, not by interface name
+        for segment in segments[1:]:
+            self.networks[segment].connect(container, ipv4_address=interfaces[segment])
+        return container
+
+    def _binds(self) -> dict[str, dict[str, str]]:
+        run_dir = str(self.run_dir.resolve())
+        binds = {run_dir: {"bind": run_dir, "mode": "rw"}}
+        control_dir = self.control_dir.resolve()
+        if not control_dir.is_relative_to(self.run_dir.resolve()):
+            binds[str(control_dir)] = {"bind": str(control_dir), "mode": "rw"}
+        return binds
+
+    def _container(self, name: str) -> Any:
+        container = self.containers.get(name)
+        if container is None:
+            raise ConfigError(f"no node named {name!r}")
+        return container
+
+    def _stop_container(self, name: str) -> None:
+        import docker
+
+        try:
+            self.containers[name].stop(timeout=STOP_TIMEOUT)
+        except docker.errors.APIError as error:
+            log.warning("docker: cannot stop the container of %s: %s", name, error)
+
+    def _save_logs(self) -> None:
+        """Append each container's output to logs/agents.log, one prefix per node."""
+        import docker
+
+        path = self.run_dir / "logs" / "agents.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as log_file:
+            for name, container in self.containers.items():
+                try:
+                    output = container.logs(stdout=True, stderr=True)
+                except docker.errors.APIError as error:
+                    log.warning("docker: cannot read the log of %s: %s", name, error)
+                    continue
+                for line in output.decode(errors="replace").splitlines():
+                    log_file.write(f"[{name}] {line}\n")
+
+    def _remove_resources(self) -> None:
+        """Remove this run's containers and networks, found by label."""
+        label = f"{RUN_LABEL}={self.run_id}"
+        remove_resources(self.client, label)
+        self.containers = {}
+        self.networks = {}
+
+    def _parallel(self, function: Callable[[str], Any], names: Iterable[str]) -> list[Any]:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            return list(pool.map(function, names))
+
+    async def _wait_answering(self, names: list[str], timeout: float) -> list[str]:
+        """Wait until the named agents answer; return those that do not."""
+        deadline = time.monotonic() + timeout
+        waiting = list(names)
+        while waiting and time.monotonic() < deadline:
+            still = []
+            for name in waiting:
+                try:
+                    await send_command(self.control_dir / f"{name}.sock",
+                                       {"cmd": "status"}, timeout=1.0)
+                except SmkdError:
+                    still.append(name)
+                _raise_if_cancelled()
+            waiting = [name for name in still if self._is_running(name)]
+            if waiting:
+                await asyncio.sleep(0.2)
+        return waiting
+
+    def _is_running(self, name: str) -> bool:
+        container = self.containers[name]
+        container.reload()
+        if container.status in ("exited", "dead"):
+            log.warning("docker: the container of %s exited with status %s",
+                        name, container.attrs["State"].get("ExitCode"))
+            return False
+        return True
+
+    # link faults
+
+    def _disconnect(self, segment: str, members: Iterable[str]) -> None:
+        network = self.networks[segment]
+        for member in members:
+            network.disconnect(self.containers[member], force=True)
+        self.down.add(segment)
+
+    def _connect(self, segment: str, members: Iterable[str]) -> None:
+        if segment not in self.down:
+            return
+        network = self.networks[segment]
+        parts = self.run_dir / "captures" / "parts" / segment
+        for member in members:
+            before = _part_count(parts, member)
+            address = self.addressing.addresses[(member, segment)]
+            network.connect(self.containers[member], ipv4_address=address)
+            if self._is_running(member):
+                _wait_for_part(parts, member, before)
+        self.down.discard(segment)
+
+    def _set_netem(self, segment: str, members: Iterable[str],
+                   impairment: Impairment) -> None:
+        # the entrypoint reads this file again when an interface comes back
+        state = self.run_dir / "netem" / f"{segment}.json"
+        state.parent.mkdir(exist_ok=True)
+        state.write_text(json.dumps(asdict(impairment)))
+        for member in members:
+            if segment in self.down or not self._is_running(member):
+                continue
+            config = str(self.configs[member].resolve())
+            result = self.containers[member].exec_run(
+                ["smkd-entrypoint", "netem", config, segment]
+            )
+            if result.exit_code != 0:
+                raise ConfigError(f"cannot set netem on {member} for {segment}: "
+                                  f"{result.output.decode(errors='replace').strip()}")
+
+
+class ComposeBackend(Backend):
+    """Agents that ``docker compose`` started, driven from the compose runner service.
+
+    The runner service of a file written by ``smkd compose`` uses it: it
+    writes the run directory, then marks it done so that compose starts the
+    agents, and it stops them at the end. It cannot stop nodes or change
+    links, because it has no access to the Docker engine.
+    """
+
+    name = "compose"
+
+    @classmethod
+    def check_available(cls) -> None:
+        if os.environ.get(COMPOSE_ENV) != "1":
+            raise ConfigError(
+                "the compose backend runs only in the runner service of a file "
+                "written by smkd compose; use --backend docker to start containers"
+            )
+
+    @classmethod
+    def write_configs(
+        cls, topology: Topology, run_dir: Path, seed: int, control_dir: Path
+    ) -> dict[str, Path]:
+        return write_node_configs(
+            topology, run_dir, seed, control_dir,
+            addressing=LinkAddressing.assign(topology), agent_captures=False,
+        )
+
+    async def start(self) -> None:
+        mark_setup_done(self.run_dir)
+
+    async def stop(self) -> None:
+        await stop_agents(self.control_dir, self.configs)
+        merge_capture_parts(self.run_dir / "captures")
+
+    async def stop_node(self, name: str) -> None:
+        raise self._unsupported("node_stop")
+
+    async def start_node(self, name: str) -> None:
+        raise self._unsupported("node_start")
+
+    async def set_link(
+        self, segment: str, up: bool | None = None, impairment: Impairment | None = None
+    ) -> None:
+        raise self._unsupported("link_down, link_up and link_set")
+
+    def _unsupported(self, actions: str) -> ConfigError:
+        return ConfigError(f"{actions} need the Docker engine, which the compose "
+                           "runner does not have; run the scenario with smkd run "
+                           "--backend docker")
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "link_emulation": "agent-side (delay, jitter, loss, bandwidth)",
+            "captures": "tcpdump in each container, merged per link or LAN",
+        }
+
+
+# set on the compose runner service, the only place where ComposeBackend works
+COMPOSE_ENV = "SMKD_COMPOSE"
+
+# seconds to wait for stopped agents to remove their control sockets
+AGENT_STOP_TIMEOUT = 5.0
+
+
+def mark_setup_done(run_dir: Path) -> None:
+    """Mark the run directory complete; ``smkd-entrypoint setup-done`` checks it.
+
+    The marker holds this container's host name, so that a marker left by
+    an earlier run does not count.
+    """
+    (run_dir / ".setup-done").write_text(socket.gethostname() + "\n")
+
+
+async def stop_agents(control_dir: Path, names: Iterable[str]) -> None:
+    """Ask each agent to stop and wait until its control socket is gone."""
+    sockets = [control_dir / f"{name}.sock" for name in names]
+    for path in sockets:
+        try:
+            await send_command(path, {"cmd": "stop"}, timeout=2.0)
+        except SmkdError as error:
+            log.warning("compose: cannot stop the agent at %s: %s", path, error)
+    deadline = time.monotonic() + AGENT_STOP_TIMEOUT
+    while any(path.exists() for path in sockets) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
+def _raise_if_cancelled() -> None:
+    """Raise CancelledError if Ctrl-C cancelled this task.
+
+    Before Python 3.12, asyncio.wait_for returns the result of an operation
+    that has already failed (a missing control socket) and drops a pending
+    cancellation, so a loop of such calls would not end on Ctrl-C.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def _part_count(directory: Path, node: str) -> int:
+    return len(list(directory.glob(f"{node}-*.pcap")))
+
+
+def _wait_for_part(directory: Path, node: str, before: int) -> None:
+    """Wait until the node's capture on a reconnected interface has restarted."""
+    deadline = time.monotonic() + CAPTURE_RESTART_TIMEOUT
+    while _part_count(directory, node) <= before:
+        if time.monotonic() > deadline:
+            log.warning("docker: %s did not restart its capture on %s within %g s",
+                        node, directory.name, CAPTURE_RESTART_TIMEOUT)
+            return
+        time.sleep(0.05)
+
+
+# resources of this and of dead runs
+
+
+def owner_label() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def remove_resources(client: Any, label: str) -> None:
+    """Remove every container, then every network, that carries ``label``."""
+    import docker
+
+    for container in client.containers.list(all=True, filters={"label": label}):
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:
+            log.warning("docker: cannot remove container %s: %s", container.name, error)
+    for network in client.networks.list(filters={"label": label}):
+        try:
+            network.remove()
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as error:
+            log.warning("docker: cannot remove network %s: %s", network.name, error)
+
+
+def remove_stale_resources(client: Any) -> None:
+    """Remove resources left by runs on this host whose process has died."""
+    host = socket.gethostname()
+    owners = set()
+    for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
+        owners.add(container.labels.get(OWNER_LABEL, ""))
+    for network in client.networks.list(filters={"label": OWNER_LABEL}):
+        owners.add((network.attrs.get("Labels") or {}).get(OWNER_LABEL, ""))
+    for owner in owners:
+        owner_host, _, pid = owner.rpartition(":")
+        if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
+            log.info("docker: removing containers and networks of dead run %s", owner)
+            remove_resources(client, f"{OWNER_LABEL}={owner}")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _probe_netem(client: Any, image: str) -> bool:
+    import docker
+
+    try:
+        client.containers.run(
+            image, entrypoint=["tc"],
+            command=["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
+            network_mode="none", cap_add=["NET_ADMIN"], remove=True,
+            labels={OWNER_LABEL: owner_label()},
+        )
+    except docker.errors.ContainerError:
+        return False
+    return True
+
+
+# captures
+
+
+_RECORD = "IIII"
+_GLOBAL = "IHHiIII"
+_MAGIC_MICROSECONDS = 0xA1B2C3D4
+_MAGIC_NANOSECONDS = 0xA1B23C4D
+_LINKTYPE_ETHERNET = 1
+_SNAPLEN = 262_144
+
+
+def merge_capture_parts(captures_dir: Path) -> list[Path]:
+    """Merge ``parts/SEGMENT/*.pcap`` into ``SEGMENT.pcap``; return the merged files.
+
+    The parts directory is removed once every segment is merged. A part that
+    cannot be read is logged and left in place with its directory.
+    """
+    parts_dir = captures_dir / "parts"
+    if not parts_dir.is_dir():
+        return []
+    merged = []
+    complete = True
+    for segment_dir in sorted(p for p in parts_dir.iterdir() if p.is_dir()):
+        parts = sorted(segment_dir.glob("*.pcap"))
+        output = captures_dir / f"{segment_dir.name}.pcap"
+        try:
+            merge_pcaps(parts, output)
+        except ValueError as error:
+            log.warning("docker: cannot merge the captures of %s: %s",
+                        segment_dir.name, error)
+            complete = False
+            continue
+        merged.append(output)
+    if complete:
+        shutil.rmtree(parts_dir, ignore_errors=True)
+    return merged
+
+
+def merge_pcaps(parts: Iterable[Path], output: Path) -> int:
+    """Write the Ethernet frames of ``parts`` to ``output`` in time order.
+
+    Returns the number of frames. A record cut short at the end of a part
+    (a capture killed mid-write) is left out. Raises ValueError for a part
+    that is not a classic Ethernet pcap file.
+    """
+    records: list[tuple[int, int, bytes]] = []
+    for part in parts:
+        records.extend(read_pcap_records(part))
+    # a stable sort keeps each part's own order for equal timestamps
+    records.sort(key=lambda record: record[0])
+
+    with open(output, "wb") as file:
+        file.write(struct.pack("<" + _GLOBAL, _MAGIC_MICROSECONDS, 2, 4, 0, 0,
+                               _SNAPLEN, _LINKTYPE_ETHERNET))
+        for microseconds, original_length, frame in records:
+            seconds, fraction = divmod(microseconds, 1_000_000)
+            file.write(struct.pack("<" + _RECORD, seconds, fraction, len(frame),
+                                   original_length))
+            file.write(frame)
+    return len(records)
+
+
+def read_pcap_records(path: Path) -> list[tuple[int, int, bytes]]:
+    """Return (microseconds since the epoch, original length, frame) per record."""
+    data = path.read_bytes()
+    header_size = struct.calcsize("<" + _GLOBAL)
+    if len(data) < header_size:
+        # tcpdump writes its header with the first packet; no packet, no header
+        return []
+    order, ticks = _pcap_format(data[:4], path)
+    link_type = struct.unpack_from(order + _GLOBAL, data)[6] & 0xFFFF
+    if link_type != _LINKTYPE_ETHERNET:
+        raise ValueError(f"{path}: link type {link_type}, expected 1 (Ethernet)")
+
+    records = []
+    offset = header_size
+    record_size = struct.calcsize(_RECORD)
+    while offset + record_size <= len(data):
+        seconds, fraction, captured, original = struct.unpack_from(order + _RECORD,
+                                                                   data, offset)
+        start = offset + record_size
+        if start + captured > len(data):
+            break
+        microseconds = seconds * 1_000_000 + fraction * 1_000_000 // ticks
+        records.append((microseconds, original, data[start : start + captured]))
+        offset = start + captured
+    return records
+
+
+def _pcap_format(magic: bytes, path: Path) -> tuple[str, int]:
+    for order in ("<", ">"):
+        (value,) = struct.unpack(order + "I", magic)
+        if value == _MAGIC_MICROSECONDS:
+            return order, 1_000_000
+        if value == _MAGIC_NANOSECONDS:
+            return order, 1_000_000_000
+    raise ValueError(f"{path}: not a classic pcap file (magic 0x{magic.hex()})")
