@@ -15,6 +15,7 @@ the package.
 from __future__ import annotations
 
 import argparse
+import enum
 import importlib.resources
 import sys
 import time
@@ -223,22 +224,28 @@ def _acl_upload_part(message: AclUpload) -> str:
 
 
 def _report_name(message: MembershipReport) -> str:
-    if message.header.code == ReportCode.LEAVE:
+    code = message.header.code
+    if code == ReportCode.JOIN:
+        return "IGMP group membership report"
+    if code == ReportCode.LEAVE:
         return "IGMP leave report"
-    return "IGMP group membership report"
+    return f"IGMP group membership report ({_code_name(ReportCode, code)})"
 
 
 def _type_name(message: Message) -> str:
+    """Name the message type as CBT does, with its code unless that is 0."""
     name = message.header.type.name.replace("_", "-")
-    joins = (MessageType.JOIN_REQUEST, MessageType.JOIN_ACK, MessageType.JOIN_NACK)
-    if message.header.type in joins and message.header.code != JoinCode.ACTIVE_JOIN:
-        name += f" ({_code_name(JoinCode, message.header.code)})"
-    return name
+    code = message.header.code
+    if code == 0:
+        return name
+    if message.header.type is MessageType.JOIN_REQUEST:
+        return f"{name} ({_code_name(JoinCode, code)})"
+    return f"{name} (code {code})"
 
 
-def _code_name(codes: Any, value: int) -> str:
+def _code_name(codes: type[enum.IntEnum], value: int) -> str:
     try:
-        return codes(value).name.replace("_", "-")
+        return codes(value).name.replace("_", "-").lower()
     except ValueError:
         return f"code {value}"
 

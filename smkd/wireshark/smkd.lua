@@ -44,14 +44,16 @@ local MESSAGE_TYPES = {
     [0x11] = "KEY-DELIVERY",
     [0x12] = "ACL-UPLOAD",
     [0x13] = "ACL-ACCEPT",
+    [0x20] = "HELLO",
+    [0x21] = "LINK-STATE",
 }
 
--- the code field means something only for joins (CBTv1) and reports
+-- the code byte has names for joins, join acks (CBTv1) and reports; every
+-- other type takes code 0 only
 local JOIN_CODES = { [0] = "ACTIVE-JOIN", [1] = "REJOIN", [2] = "REJOIN-LOOP-PROBE" }
-local REPORT_CODES = { [0] = "JOIN", [1] = "LEAVE" }
-local CODE_NAMES = {
-    [1] = JOIN_CODES, [2] = JOIN_CODES, [3] = JOIN_CODES, [0x10] = REPORT_CODES,
-}
+local ACK_CODES = { [0] = "NORMAL", [1] = "PRIMARY-REJOIN", [2] = "PRIMARY-LOOP-PROBE" }
+local REPORT_CODES = { [0] = "JOIN", [1] = "LEAVE", [2] = "REFRESH" }
+local CODE_NAMES = { [1] = JOIN_CODES, [2] = ACK_CODES, [0x10] = REPORT_CODES }
 
 local TLV_TYPES = {
     [1] = "TOKEN",
@@ -62,6 +64,8 @@ local TLV_TYPES = {
     [6] = "HOP_BUNDLE",
     [7] = "PATH",
     [8] = "REASON",
+    [9] = "HELLO",
+    [10] = "LSA",
     [0xFF] = "SIGNATURE",
 }
 local SIGNATURE_TLV = 0xFF
@@ -74,6 +78,23 @@ local REASON_CODES = {
     [4] = "NO_ROUTE",
     [5] = "OLDER_ACL",
     [6] = "INVALID_ACL",
+    [7] = "LOOP",
+}
+
+-- the TLVs each message type carries: true for required, false for optional
+local TREE_LAYOUT = { [1] = true }
+local LAYOUTS = {
+    [1] = { [1] = true, [2] = true, [7] = true },
+    [2] = { [1] = true, [2] = true, [3] = true, [5] = false, [6] = false },
+    [3] = { [1] = true, [2] = true, [8] = true },
+    [4] = TREE_LAYOUT, [5] = TREE_LAYOUT, [6] = TREE_LAYOUT, [7] = TREE_LAYOUT,
+    [8] = TREE_LAYOUT,
+    [0x10] = { [2] = true },
+    [0x11] = { [1] = true, [2] = true, [3] = true, [5] = true },
+    [0x12] = { [1] = true, [3] = false, [4] = false },
+    [0x13] = { [1] = true, [8] = true },
+    [0x20] = { [1] = true, [9] = true },
+    [0x21] = { [1] = true, [10] = true },
 }
 
 local SUITES = {
@@ -167,6 +188,29 @@ local pf = {
                                           base.DEC),
     reason_text = ProtoField.string("smkd.reason.text", "Text"),
 
+    hello_heard_count = ProtoField.uint16("smkd.hello.heard_count",
+                                         "Number of routers heard", base.DEC),
+    hello_heard = ProtoField.string("smkd.hello.heard", "Router heard"),
+    hello_summary_count = ProtoField.uint16("smkd.hello.summary_count",
+                                           "Number of LSA summaries", base.DEC),
+    hello_summary_origin = ProtoField.string("smkd.hello.summary_origin",
+                                            "LSA origin"),
+    hello_summary_sequence = ProtoField.uint64("smkd.hello.summary_sequence",
+                                              "LSA sequence"),
+
+    lsa_body_length = ProtoField.uint16("smkd.lsa.body_length", "LSA body length",
+                                        base.DEC),
+    lsa_origin = ProtoField.string("smkd.lsa.origin", "Origin"),
+    lsa_address = ProtoField.ipv4("smkd.lsa.address", "Origin address"),
+    lsa_sequence = ProtoField.uint64("smkd.lsa.sequence", "Sequence"),
+    lsa_link_count = ProtoField.uint16("smkd.lsa.link_count", "Number of links",
+                                       base.DEC),
+    lsa_neighbour = ProtoField.string("smkd.lsa.neighbour", "Neighbour"),
+    lsa_cost = ProtoField.uint32("smkd.lsa.cost", "Cost", base.DEC),
+    lsa_signature_length = ProtoField.uint16("smkd.lsa.signature_length",
+                                             "Origin signature length", base.DEC),
+    lsa_signature = ProtoField.bytes("smkd.lsa.signature", "Origin signature"),
+
     signer = ProtoField.string("smkd.signature.signer", "Signer"),
     signature_suite = ProtoField.uint8("smkd.signature.suite", "Crypto suite",
                                        base.DEC, SUITES),
@@ -242,12 +286,14 @@ function Cursor:take(length, what)
     return self.tvb:range(start, length), start
 end
 
--- the bytes of range as text; empty ranges give ""
+-- The bytes of range as text, with "?" for every byte that is not printable
+-- ASCII, so that garbage never produces invalid UTF-8. Empty ranges give "".
 local function text_of(range)
     if range:len() == 0 then
         return ""
     end
-    return range:string()
+    local text = range:raw():gsub("[^\32-\126]", "?")
+    return text
 end
 
 function Cursor:add_uint(tree, field, size, what)
@@ -478,6 +524,64 @@ decoders[8] = function(cursor, tree)
     return (REASON_CODES[code] or tostring(code)) .. (text ~= "" and ": " .. text or "")
 end
 
+decoders[9] = function(cursor, tree)
+    local heard = cursor:add_names(tree, pf.hello_heard_count, pf.hello_heard,
+                                   "heard router")
+
+    -- each summary entry takes at least ten bytes: a name and a sequence
+    local count, item = cursor:add_uint(tree, pf.hello_summary_count, 2,
+                                        "summary count")
+    if count * 10 > cursor:remaining() then
+        flag(item, string.format("%d summary entries cannot fit", count))
+        malformed(string.format("%d summary entries cannot fit in the field", count))
+    end
+    for _ = 1, count do
+        cursor:add_name(tree, pf.hello_summary_origin, "LSA origin")
+        cursor:add_uint(tree, pf.hello_summary_sequence, 8, "LSA sequence")
+    end
+    return string.format("heard %s, %d LSA summaries", table.concat(heard, ", "),
+                         count)
+end
+
+local function add_lsa_body(cursor, tree)
+    local origin = cursor:add_name(tree, pf.lsa_origin, "LSA origin")
+    cursor:add_uint(tree, pf.lsa_address, 4, "LSA address")
+    cursor:add_uint(tree, pf.lsa_sequence, 8, "LSA sequence")
+
+    -- each link takes at least six bytes: a name and a cost
+    local count, item = cursor:add_uint(tree, pf.lsa_link_count, 2, "LSA link count")
+    if count * 6 > cursor:remaining() then
+        flag(item, string.format("%d LSA links cannot fit", count))
+        malformed(string.format("%d LSA links cannot fit in the field", count))
+    end
+    for _ = 1, count do
+        cursor:add_name(tree, pf.lsa_neighbour, "LSA neighbour")
+        cursor:add_uint(tree, pf.lsa_cost, 4, "LSA cost")
+    end
+    return origin, count
+end
+
+decoders[10] = function(cursor, tree)
+    local body_length = cursor:add_uint(tree, pf.lsa_body_length, 2, "LSA body length")
+    local body = new_cursor(cursor.tvb, cursor.pos, cursor.pos + body_length)
+    cursor:take(body_length, "LSA body")
+    local body_tree = tree:add(smkd, cursor.tvb:range(body.pos, body_length),
+                               string.format("LSA body (%d bytes)", body_length))
+
+    local ok, origin, count = pcall(add_lsa_body, body, body_tree)
+    if not ok then
+        flag(body_tree, describe_error(origin))
+        origin, count = "?", 0
+    elseif body:remaining() ~= 0 then
+        flag(body_tree, string.format("%d trailing bytes after the LSA body",
+                                      body:remaining()))
+    end
+    local signature_length = cursor:add_blob(tree, pf.lsa_signature_length,
+                                             pf.lsa_signature, 2, "LSA signature")
+    return string.format("[LSA]^SK_%s, %d links, signature %d bytes", origin, count,
+                         signature_length)
+end
+
 decoders[SIGNATURE_TLV] = function(cursor, tree)
     local signer = cursor:add_name(tree, pf.signer, "signer")
     seen.signer = signer
@@ -525,6 +629,13 @@ local function dissect_header(cursor, tree)
         code_name = code_names[code] or "unknown"
         code_item:append_text(" (" .. code_name .. ")")
     end
+    local code_valid = code == 0
+    if code_names ~= nil then
+        code_valid = code_names[code] ~= nil
+    end
+    if type_name ~= nil and not code_valid then
+        flag(code_item, string.format("unknown %s code %d", type_name, code))
+    end
     local core_count, count_item = cursor:add_uint(header, pf.core_count, 1,
                                                    "core count")
     if core_count > MAX_CORES then
@@ -552,7 +663,7 @@ local function dissect_header(cursor, tree)
     if code_name ~= nil and (message_type == 0x10 or code ~= 0) then
         title = title .. " " .. code_name
     end
-    return title, checksum_item
+    return title, checksum_item, message_type
 end
 
 local function dissect_tlv(cursor, tree)
@@ -593,9 +704,11 @@ local function dissect_tlv(cursor, tree)
     return tlv_type
 end
 
+-- Returns the set of TLV types read before the signature, and whether the
+-- SIGNATURE TLV came.
 local function dissect_tlvs(cursor, tree)
     local last_type = 0
-    local signed = false
+    local present = {}
     while cursor:remaining() > 0 do
         local tlv_type = dissect_tlv(cursor, tree)
         if tlv_type <= last_type then
@@ -603,15 +716,41 @@ local function dissect_tlvs(cursor, tree)
         end
         last_type = tlv_type
         if tlv_type == SIGNATURE_TLV then
-            signed = true
             if cursor:remaining() > 0 then
                 flag(tree, string.format("%d bytes after the signature",
                                          cursor:remaining()))
             end
-            return signed
+            return present, true
+        end
+        present[tlv_type] = true
+    end
+    return present, false
+end
+
+-- flags TLVs that the message type requires but lacks, or cannot carry
+local function check_layout(tree, message_type, present)
+    local layout = LAYOUTS[message_type]
+    if layout == nil then
+        return
+    end
+    local type_name = MESSAGE_TYPES[message_type]
+    for tlv_type, required in pairs(layout) do
+        if required and not present[tlv_type] then
+            flag(tree, string.format("%s lacks its %s TLV", type_name,
+                                     TLV_TYPES[tlv_type]))
         end
     end
-    return signed
+    for tlv_type in pairs(present) do
+        if layout[tlv_type] == nil then
+            flag(tree, string.format("%s cannot carry %s", type_name,
+                                     TLV_TYPES[tlv_type] or tostring(tlv_type)))
+        end
+    end
+
+    -- an ACL upload carries its ACL either in clear or sealed, never both
+    if message_type == 0x12 and (present[3] == true) == (present[4] == true) then
+        flag(tree, "an ACL upload carries exactly one ACL")
+    end
 end
 
 local function dissect(tvb, pinfo, tree)
@@ -623,7 +762,7 @@ local function dissect(tvb, pinfo, tree)
     end
 
     local cursor = new_cursor(tvb, 0, captured)
-    local type_name, checksum_item = dissect_header(cursor, root)
+    local type_name, checksum_item, message_type = dissect_header(cursor, root)
     pinfo.cols.info:set(type_name)
     root:append_text(", " .. type_name)
     if tvb:reported_len() == captured then
@@ -638,9 +777,11 @@ local function dissect(tvb, pinfo, tree)
 
     local tlvs = root:add(smkd, tvb:range(cursor.pos, captured - cursor.pos),
                           "Security TLVs")
-    if not dissect_tlvs(cursor, tlvs) then
+    local present, signed = dissect_tlvs(cursor, tlvs)
+    if not signed then
         flag(tlvs, "missing SIGNATURE TLV")
     end
+    check_layout(tlvs, message_type, present)
 end
 
 local function summarize()
