@@ -1,0 +1,285 @@
+"""Sample smkd datagrams for the capture tests: every message type and TLV.
+
+The datagrams are built with the project's own encoders. Their signatures are
+placeholder bytes, because the decoder and the dissector read signatures but
+never verify them.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from pathlib import Path
+
+from node.capture import PcapWriter
+from node.documents import AclMode, GroupAcl, HostToken, SignedAcl, Token
+from node.messages import (
+    AclAccept,
+    AclUpload,
+    ControlHeader,
+    JoinAck,
+    JoinCode,
+    JoinNack,
+    JoinRequest,
+    KeyDelivery,
+    MembershipReport,
+    Message,
+    MessageType,
+    Reason,
+    ReasonCode,
+    ReportCode,
+    SealedAcl,
+    SealedBundle,
+    Signature,
+    TreeMessage,
+    sign_message,
+)
+from node.messages import Path as RouterPath
+
+GROUP = "239.9.9.9"
+TIME_MS = 1_800_000_000_123
+ADDRESSES = {
+    "h": "127.9.0.1",
+    "A": "127.9.0.2",
+    "B": "127.9.0.3",
+    "C": "127.9.0.4",
+    "init": "127.9.0.5",
+}
+
+# (source address, destination address, UDP payload)
+Datagram = tuple[str, str, bytes]
+
+PCAP_HEADER_SIZE = 24
+PCAP_RECORD_HEADER = struct.Struct("<IIII")
+
+
+def header(message_type: MessageType, code: int = 0) -> ControlHeader:
+    return ControlHeader(
+        message_type,
+        GROUP,
+        origin=ADDRESSES["A"],
+        primary_core=ADDRESSES["C"],
+        target_core=ADDRESSES["C"],
+        cores=(ADDRESSES["C"], ADDRESSES["B"]),
+        code=code,
+        group_mask="255.255.255.255",
+    )
+
+
+def token(sender: str, recipient: str) -> Token:
+    return Token(sender, recipient, TIME_MS, bytes(range(16)))
+
+
+def host_token(host: str = "h") -> HostToken:
+    return HostToken(host, GROUP, TIME_MS - 5, bytes(range(16, 32)), 1, b"\x11" * 64)
+
+
+def signed_acl() -> SignedAcl:
+    acl = GroupAcl(
+        group=GROUP,
+        serial=7,
+        mode=AclMode.EXCLUDE,
+        hosts=("h9", "x-*"),
+        not_before=1_799_000_000,
+        not_after=1_801_000_000,
+        initiator="init",
+        suite=1,
+        key_lifetime=600,
+        strict=True,
+        trusted_routers=("A", "B"),
+    )
+    return SignedAcl.create(acl, b"\x22" * 64)
+
+
+def sign(message: Message, signer: str) -> bytes:
+    return sign_message(message.encode_unsigned(), Signature(signer, 1, b"\x33" * 64))
+
+
+def sample_messages() -> list[tuple[str, str, bytes]]:
+    """Return (sender, receiver, datagram) for every message type smkd sends."""
+    bundle_h = SealedBundle("h", b"\x44" * 80)
+    bundle_b = SealedBundle("B", b"\x55" * 81)
+    samples = [
+        (
+            "h",
+            "A",
+            sign(
+                MembershipReport(
+                    header(MessageType.MEMBERSHIP_REPORT, ReportCode.LEAVE),
+                    host_token(),
+                ),
+                "h",
+            ),
+        ),
+        (
+            "A",
+            "B",
+            sign(
+                JoinRequest(
+                    header(MessageType.JOIN_REQUEST, JoinCode.REJOIN),
+                    token("A", "B"),
+                    host_token(),
+                    RouterPath(("A", "B")),
+                ),
+                "A",
+            ),
+        ),
+        (
+            "C",
+            "B",
+            sign(
+                JoinAck(
+                    header(MessageType.JOIN_ACK),
+                    token("C", "B"),
+                    host_token(),
+                    signed_acl(),
+                    bundle_h,
+                    bundle_b,
+                ),
+                "C",
+            ),
+        ),
+        (
+            "C",
+            "B",
+            sign(
+                JoinNack(
+                    header(MessageType.JOIN_NACK),
+                    token("C", "B"),
+                    host_token(),
+                    Reason(ReasonCode.NOT_ON_ACL, "h is not admitted"),
+                ),
+                "C",
+            ),
+        ),
+        (
+            "A",
+            "h",
+            sign(
+                KeyDelivery(
+                    header(MessageType.KEY_DELIVERY),
+                    token("A", "h"),
+                    host_token(),
+                    signed_acl(),
+                    bundle_h,
+                ),
+                "A",
+            ),
+        ),
+        (
+            "init",
+            "C",
+            sign(
+                AclUpload(
+                    header(MessageType.ACL_UPLOAD),
+                    token("init", "C"),
+                    sealed_acl=SealedAcl(b"\x66" * 120),
+                ),
+                "init",
+            ),
+        ),
+        (
+            "C",
+            "init",
+            sign(
+                AclAccept(
+                    header(MessageType.ACL_ACCEPT),
+                    token("C", "init"),
+                    Reason(ReasonCode.OLDER_ACL),
+                ),
+                "C",
+            ),
+        ),
+    ]
+    tree_types = (
+        MessageType.QUIT_REQUEST,
+        MessageType.QUIT_ACK,
+        MessageType.FLUSH_TREE,
+        MessageType.ECHO_REQUEST,
+        MessageType.ECHO_REPLY,
+    )
+    for tree_type in tree_types:
+        message = TreeMessage(header(tree_type), token("A", "B"))
+        samples.append(("A", "B", sign(message, "A")))
+    return samples
+
+
+def addressed(samples: list[tuple[str, str, bytes]]) -> list[Datagram]:
+    """Replace the node names of samples with their addresses."""
+    return [
+        (ADDRESSES[sender], ADDRESSES[receiver], payload)
+        for sender, receiver, payload in samples
+    ]
+
+
+def write_datagrams(
+    path: Path,
+    datagrams: list[Datagram],
+    start: float = 1_800_000_000.0,
+    port: int = 7777,
+) -> None:
+    """Write datagrams to a pcap file, one millisecond apart."""
+    with PcapWriter(path) as writer:
+        for index, (source, destination, payload) in enumerate(datagrams):
+            writer.write_udp(
+                start + index / 1000,
+                source,
+                destination,
+                payload,
+                sport=port,
+                dport=port,
+            )
+
+
+def write_prefixes(path: Path, datagrams: list[Datagram]) -> int:
+    """Write every strict, non-empty prefix of each datagram; return how many."""
+    prefixes = [
+        (source, destination, payload[:size])
+        for source, destination, payload in datagrams
+        for size in range(1, len(payload))
+    ]
+    write_datagrams(path, prefixes)
+    return len(prefixes)
+
+
+def write_snapped(path: Path, full_capture: Path, keep: int) -> int:
+    """Copy a pcap file, cutting every frame to ``keep`` bytes as a snaplen does.
+
+    The record headers keep the original length, so readers see captures
+    shorter than the datagrams on the wire. Returns the number of frames.
+    """
+    data = full_capture.read_bytes()
+    output = bytearray(data[:PCAP_HEADER_SIZE])
+    offset, frames = PCAP_HEADER_SIZE, 0
+    while offset < len(data):
+        seconds, micros, captured, original = PCAP_RECORD_HEADER.unpack_from(
+            data, offset
+        )
+        frame = data[
+            offset + PCAP_RECORD_HEADER.size : offset
+            + PCAP_RECORD_HEADER.size
+            + captured
+        ]
+        cut = frame[:keep]
+        output += PCAP_RECORD_HEADER.pack(seconds, micros, len(cut), original) + cut
+        offset += PCAP_RECORD_HEADER.size + captured
+        frames += 1
+    path.write_bytes(bytes(output))
+    return frames
+
+
+def write_garbage(
+    path: Path, datagrams: list[Datagram], seed: int = 1, flips: int = 40
+) -> None:
+    """Write copies of the datagrams with random bytes changed, and random noise."""
+    rng = random.Random(seed)
+    garbage = []
+    for source, destination, payload in datagrams:
+        for _ in range(flips):
+            changed = bytearray(payload)
+            for _ in range(rng.randint(1, 4)):
+                changed[rng.randrange(len(changed))] = rng.randrange(256)
+            garbage.append((source, destination, bytes(changed)))
+        noise = rng.randbytes(rng.randint(1, 400))
+        garbage.append((source, destination, noise))
+    write_datagrams(path, garbage)
