@@ -16,6 +16,7 @@ def write_summary(result: RunResult, node_status: dict[str, Any]) -> None:
         "source": str(result.scenario.source),
         "topology": str(result.scenario.topology.source),
         "backend": result.backend,
+        "backend_details": result.backend_details,
         "passed": result.passed,
         "started": result.started,
         "seconds": round(result.finished - result.started, 3),

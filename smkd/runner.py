@@ -54,6 +54,8 @@ class RunResult:
     ready_error: str | None = None
     started: float = 0.0
     finished: float = 0.0
+    # Backend.describe(), such as how the backend emulates links
+    backend_details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -130,7 +132,8 @@ class Runner:
         assert self.backend is not None
         self.progress(f"starting agents ({self.backend_name} backend)")
         await self.backend.start()
-        self.record("started", backend=self.backend.describe())
+        self.result.backend_details = self.backend.describe()
+        self.record("started", backend=self.result.backend_details)
         deadline = time.monotonic() + self.scenario.ready_timeout
         missing: list[str] = []
         while time.monotonic() < deadline:
@@ -380,7 +383,8 @@ def add_run_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--backend",
         default="local",
-        help="where agents run: local (default, one process on loopback)",
+        help="where agents run: local (default, one process on loopback) or "
+        "mininet (as root, one network namespace per node)",
     )
     parser.add_argument(
         "--out", help="run directory to create (default runs/NAME-YYYYMMDD-HHMMSS)"
