@@ -2,11 +2,11 @@
 
 Each node runs ``python -m node CONFIG`` as its own process inside its host's
 namespace. A link is a veth pair with one address per end from
-:class:`~smkd.configs.LinkAddressing`; a LAN is a Linux bridge inside a
+:class:`~smkd.configs.LinkAddressing`. A LAN is a Linux bridge inside a
 namespace of its own, so the backend creates nothing in the root namespace.
-Routers and cores forward in the kernel along static shortest-path routes,
-which the end-to-end ACL upload between an initiator and its primary core
-needs.
+Routers and cores forward in the kernel along static shortest-path routes.
+Only the ACL upload needs them, because it travels end to end between an
+initiator and its primary core.
 
 Link delay, jitter and loss come from netem where the kernel has it, and
 otherwise from the agents' own link emulation; bandwidth comes from htb.
@@ -56,7 +56,7 @@ try:
     from mininet.node import Switch
     from mininet.topo import Topo
 except ImportError:
-    # check_available() says how to install Mininet
+    # check_available() explains how to install Mininet
     Mininet = None
     Switch = Topo = object
 
@@ -85,8 +85,8 @@ PR_SET_PDEATHSIG = 1
 class Interface:
     """One end of a veth pair: ``name`` inside ``node``'s namespace.
 
-    ``address`` carries its prefix length, as in ``10.0.3.2/24``; bridge ports
-    have none.
+    ``address`` includes the prefix length, as in ``10.0.3.2/24``. Bridge
+    ports have no address.
     """
 
     node: str
@@ -111,8 +111,8 @@ class Route:
 class NetworkPlan:
     """Everything the Mininet network of one topology is built from.
 
-    ``wires`` are the veth pairs; ``bridges`` maps a LAN to the Mininet node
-    holding its bridge; ``captures`` maps a link or LAN to the node and
+    ``wires`` are the veth pairs. ``bridges`` maps a LAN to the Mininet node
+    that contains its bridge. ``captures`` maps a link or LAN to the node and
     interface that tcpdump listens on.
     """
 
@@ -165,13 +165,13 @@ def _attach(
 
 def _bridge_names(topology: Topology) -> dict[str, str]:
     """Name each LAN's Mininet node after the LAN, unless a node has that name."""
-    taken = set(topology.nodes)
+    used_names = set(topology.nodes)
     names = {}
     for lan in topology.lans:
         name = lan.name
-        while name in taken:
+        while name in used_names:
             name += "-br"
-        taken.add(name)
+        used_names.add(name)
         names[lan.name] = name
     return names
 
@@ -216,9 +216,8 @@ def kernel_routes(
 def qdisc_commands(interface: str, impairment: Impairment, netem: bool) -> list[str]:
     """Return the tc commands that give ``interface`` its egress impairment.
 
-    With ``netem`` one netem qdisc does delay, jitter, loss and rate; without
-    it only the bandwidth is shaped here, by htb, and the agents emulate the
-    rest.
+    With ``netem``, one netem qdisc applies delay, jitter, loss and rate.
+    Without it, htb shapes only the bandwidth and the agents emulate the rest.
     """
     delay = round(impairment.delay * 1e6)
     jitter = round(impairment.jitter * 1e6)
@@ -461,7 +460,7 @@ class MininetBackend(Backend):
             )
 
     async def wait_for_agents(self, names: list[str]) -> None:
-        """Return once every named agent answers on its control socket."""
+        """Wait until every named agent responds to ``status`` on its control socket."""
         deadline = time.monotonic() + AGENT_START_TIMEOUT
         waiting = list(names)
         while waiting:
@@ -475,8 +474,8 @@ class MininetBackend(Backend):
                 waiting.remove(name)
             if waiting and time.monotonic() > deadline:
                 raise ConfigError(
-                    f"agents {', '.join(waiting)} did not answer within "
-                    f"{AGENT_START_TIMEOUT:g} s; see {self.run_dir / 'logs'}"
+                    f"timed out after {AGENT_START_TIMEOUT:g} s waiting for agents "
+                    f"{', '.join(waiting)} to respond. See {self.run_dir / 'logs'}"
                 )
             await asyncio.sleep(0.05)
 
@@ -487,7 +486,7 @@ class MininetBackend(Backend):
         log_path = self.run_dir / "logs" / f"{name}.log"
         lines = log_path.read_text(errors="replace").strip().splitlines()
         last = lines[-1] if lines else "(empty log)"
-        raise ConfigError(f"agent {name} exited with status {status} at start; "
+        raise ConfigError(f"agent {name} exited with status {status} at start. "
                           f"{log_path} ends with: {last}")
 
     # links
@@ -519,7 +518,8 @@ class MininetBackend(Backend):
                 self._run(member, route.command())
 
     async def _tell_agents(self, segment: Link | Lan, impairment: Impairment) -> None:
-        # the agents emulate delay, jitter and loss; htb keeps the bandwidth
+        # the agents emulate delay, jitter and loss, and htb goes on shaping
+        # the bandwidth
         emulated = dataclasses.replace(impairment, bandwidth=None)
         request = {"cmd": "link", "link": segment.name,
                    "impairment": dataclasses.asdict(emulated)}
@@ -554,8 +554,8 @@ class MininetBackend(Backend):
         self._run(bridge, f"ip link set dev {BRIDGE} mtu {LINK_MTU}")
 
     def _disable_ipv6(self, name: str) -> None:
-        # the testbed is IPv4 only; this keeps neighbour discovery and MLD
-        # reports out of the captures
+        # the testbed is IPv4 only, and without IPv6 no neighbour discovery or
+        # MLD report appears in the captures
         self._run(name, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
                         "net.ipv6.conf.default.disable_ipv6=1")
 
@@ -614,8 +614,8 @@ class MininetBackend(Backend):
 
 def _raise_if_cancelled() -> None:
     # asyncio.wait_for in Python 3.11 drops a cancellation (Ctrl-C) when the
-    # awaited call has just finished, as a failed connection to a socket that
-    # does not exist yet does; the request stays counted on the task
+    # awaited call has just finished, as a connection to a missing socket
+    # does. The task still counts the request, so check for it here.
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
