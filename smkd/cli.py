@@ -89,6 +89,12 @@ def add_import_zoo_parser(subparsers: SubParsers) -> None:
     add_parser(subparsers)
 
 
+def add_bench_parser(subparsers: SubParsers) -> None:
+    from smkd.bench import add_bench_parser as add
+
+    add(subparsers)
+
+
 def add_decode_parser(subparsers: SubParsers) -> None:
     from smkd.decode import add_decode_parser as add
 
@@ -111,6 +117,7 @@ SUBCOMMANDS: list[Callable[[SubParsers], None]] = [
     add_run_parser,
     add_validate_parser,
     add_import_zoo_parser,
+    add_bench_parser,
     add_decode_parser,
     add_wireshark_parser,
     add_report_parser,

@@ -22,6 +22,8 @@ from smkd.report import (
     _widest_gap,
     delivery_tree,
     layout,
+    load_run,
+    render_report,
 )
 from smkd.runner import RunResult, print_summary, run_scenario
 
@@ -161,6 +163,19 @@ def test_report_command_rewrites(abilene, page, capsys):
 def test_report_command_missing_run(tmp_path, capsys):
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_report_of_run_that_never_started(tmp_path):
+    scenario = load_scenario(ABILENE)
+
+    page = render_report(load_run(tmp_path, scenario))
+
+    assert "NOT CHECKED" in page
+    assert "<p>No joins in this run.</p>" in page
+    assert "<p>No expectations were checked.</p>" in page
+    assert "<p>No node status was collected.</p>" in page
+    assert tree_edges(page) == set()
+    assert set(node_marks(page)) == set(scenario.topology.nodes)
 
 
 def test_layout_deterministic_inside_canvas():
