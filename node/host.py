@@ -3,7 +3,10 @@
 A host joins a group by sending its designated router a secure membership
 report that carries its signed token (RFC 1949 appendix B), repeats it a few
 times against loss, and installs the SA when its DR hands over the key bundle
-sealed to it. The initiator signs the group ACL and uploads it to the
+sealed to it. While it holds the key it reports again every
+``membership_interval`` (as IGMP hosts answer queries), so that a DR that
+restarted learns its members back and a DR whose members went silent can
+prune its branch. The initiator signs the group ACL and uploads it to the
 primary core until the core accepts it.
 """
 
@@ -24,6 +27,10 @@ from .messages import (
 from .router import Router, acl_seal_info
 
 
+# refresh tokens a host keeps answerable; older ones are forgotten
+MAX_OUTSTANDING = 4
+
+
 @dataclass
 class Membership:
     """A host's state in one group."""
@@ -33,6 +40,7 @@ class Membership:
     outstanding: dict[bytes, HostToken] = field(default_factory=dict)
     reports_sent: int = 0
     next_report: float | None = None
+    next_refresh: float | None = None
     sa: KeyBundle | None = field(default=None, repr=False)
 
 
@@ -77,6 +85,7 @@ class Host(Machine):
         membership = self._membership(group_name)
         membership.joined = False
         membership.next_report = None
+        membership.next_refresh = None
         membership.outstanding.clear()
         self._send_report(membership, ReportCode.LEAVE, now)
         if membership.sa is not None:
@@ -90,6 +99,11 @@ class Host(Machine):
             membership.outstanding[token.nonce] = token
             membership.reports_sent += 1
             membership.next_report = now + self.config.timers.report_interval
+        elif code is ReportCode.REFRESH:
+            # a DR that forgot this member answers a refresh with keys
+            membership.outstanding[token.nonce] = token
+            while len(membership.outstanding) > MAX_OUTSTANDING:
+                del membership.outstanding[next(iter(membership.outstanding))]
         dr = self.lookup(self.config.gateway, group, now, ("router", "core"))
         header = ControlHeader(MessageType.MEMBERSHIP_REPORT, group.address,
                                origin=self.config.address, code=code)
@@ -100,13 +114,14 @@ class Host(Machine):
     # timers: the report is repeated until keys arrive (appendix B)
 
     def next_timer(self) -> float | None:
-        times = [m.next_report for m in self.memberships.values()
-                 if m.next_report is not None]
+        times = [t for m in self.memberships.values()
+                 for t in (m.next_report, m.next_refresh) if t is not None]
         return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
         retries = self.config.timers.report_retries
         for membership in self.memberships.values():
+            self._refresh(membership, now)
             due = membership.next_report
             if due is None or now < due:
                 continue
@@ -116,6 +131,14 @@ class Host(Machine):
                     self.trace(now, "join_timeout", group=membership.config.name)
                 continue
             self._send_report(membership, ReportCode.JOIN, now)
+
+    def _refresh(self, membership: Membership, now: float) -> None:
+        due = membership.next_refresh
+        interval = self.config.timers.membership_interval
+        if due is None or now < due or interval is None:
+            return
+        membership.next_refresh = now + interval
+        self._send_report(membership, ReportCode.REFRESH, now)
 
     # key delivery from the DR
 
@@ -145,6 +168,9 @@ class Host(Machine):
         membership.sa = bundle
         membership.outstanding.clear()
         membership.next_report = None
+        interval = self.config.timers.membership_interval
+        if interval is not None:
+            membership.next_refresh = now + interval
         self.trace(now, "key_installed", group=membership.config.name, peer=dr,
                    **key_fields(bundle))
 

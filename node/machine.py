@@ -17,20 +17,31 @@ from typing import Any, Protocol
 
 from .crypto import suite_by_code, suite_by_name
 from .documents import NONCE_SIZE, GroupAcl, HostToken, SignedAcl, Token
-from .errors import AuthenticationFailed, ProtocolError
+from .errors import AuthenticationFailed, ConfigError, ProtocolError
 from .messages import (
-    ControlHeader, Message, MessageType, Signature, decode_message, sign_message,
+    ROUTING_TYPES, ControlHeader, Message, MessageType, Signature, decode_message,
+    sign_message,
 )
 from .tokens import ReplayCache
 
 log = logging.getLogger(__name__)
 
 ROUTER_ROLES = ("router", "core")
+ROUTING_MODES = ("static", "link-state")
 
 
 @dataclass(frozen=True)
 class Timers:
-    """Protocol timers in seconds; defaults are CBTv1's."""
+    """Protocol timers in seconds, and retry counts.
+
+    The CBT timers default to CBTv1's values. The routing timers default to
+    OSPF's (RFC 2328: HelloInterval 10 s, RouterDeadInterval 40 s,
+    LSRefreshTime 1800 s). ``membership_interval`` is how often a host that
+    holds the key reports again, as IGMP's query interval paces reports, and
+    ``membership_timeout`` is how long a DR keeps a silent member; ``None``
+    turns either off, so a host reports only until it holds the key and a DR
+    keeps members until they leave.
+    """
 
     echo_interval: float = 30.0
     echo_timeout: float = 90.0
@@ -42,6 +53,11 @@ class Timers:
     child_assert_expire: float = 180.0
     report_interval: float = 5.0
     report_retries: int = 3
+    hello_interval: float = 10.0
+    router_dead_interval: float = 40.0
+    lsa_refresh_interval: float = 1800.0
+    membership_interval: float | None = None
+    membership_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,12 @@ class NodeConfig:
     link). ``routes`` maps a destination identity address to the next hop's
     transport address (routers); ``gateway`` is a host's or initiator's
     designated router, by name.
+
+    ``routing`` is ``static`` (use ``routes`` as given) or ``link-state``
+    (ignore ``routes`` and learn them from neighbour routers, see
+    node/routing.py). ``link_costs`` maps a neighbour router's name to the
+    cost this router advertises for reaching it (default 1), and
+    ``routing_suite`` names the crypto suite that signs routing messages.
     """
 
     name: str
@@ -96,6 +118,16 @@ class NodeConfig:
     token_window: float = 30.0
     replay_cache_size: int = 100_000
     timers: Timers = field(default_factory=Timers)
+    routing: str = "static"
+    link_costs: dict[str, int] = field(default_factory=dict)
+    routing_suite: str = "default"
+
+    def __post_init__(self) -> None:
+        if self.routing not in ROUTING_MODES:
+            raise ConfigError(
+                f"{self.name}: unknown routing {self.routing!r}; "
+                f"expected one of {', '.join(ROUTING_MODES)}"
+            )
 
     def group_by_address(self, address: str) -> GroupConfig | None:
         for group in self.groups:
@@ -166,6 +198,8 @@ SIGNER_ROLES: dict[MessageType, tuple[str, ...]] = {
     MessageType.KEY_DELIVERY: ROUTER_ROLES,
     MessageType.ACL_UPLOAD: ("initiator",),
     MessageType.ACL_ACCEPT: ("core",),
+    MessageType.HELLO: ROUTER_ROLES,
+    MessageType.LINK_STATE: ROUTER_ROLES,
 }
 
 # messages that travel end to end rather than hop by hop
@@ -174,11 +208,14 @@ END_TO_END = frozenset({MessageType.ACL_UPLOAD, MessageType.ACL_ACCEPT})
 
 @dataclass
 class Received:
-    """A message that passed decoding, signature and token checks."""
+    """A message that passed decoding, signature and token checks.
+
+    ``group`` is ``None`` for routing messages, which belong to no group.
+    """
 
     message: Message
     peer: Peer
-    group: GroupConfig
+    group: GroupConfig | None
     source: str
 
 
@@ -244,25 +281,39 @@ class Machine:
         """Decode ``datagram`` and check its signer, signature and token."""
         message = decode_message(datagram)
         header = message.header
-        group = self.config.group_by_address(header.group)
-        if group is None:
-            raise ProtocolError(f"unknown group {header.group}", reason="unknown-group")
+        group = None
+        if header.type in ROUTING_TYPES:
+            suite = self.config.routing_suite
+        else:
+            group = self.config.group_by_address(header.group)
+            if group is None:
+                raise ProtocolError(
+                    f"unknown group {header.group}", reason="unknown-group"
+                )
+            suite = group.suite
 
         signature = message.signature
         assert signature is not None  # decode_message guarantees it
-        if signature.suite != group.suite_code:
+        if signature.suite != suite_by_name(suite).code:
             raise AuthenticationFailed(
-                f"signed with suite {signature.suite}, group uses {group.suite}",
+                f"signed with suite {signature.suite}, expected {suite}",
                 reason="wrong-suite",
             )
-        peer = self.lookup(signature.signer, group, now, SIGNER_ROLES[header.type])
+        peer = self.directory.lookup(
+            signature.signer, suite, now, SIGNER_ROLES[header.type]
+        )
         self._check_source(peer, source, header.type)
+        # rate limits apply before the signature check, which costs the most
+        self.admit(header.type, source, now)
         peer.verify(signature.value, message.signed_part)
 
         token = getattr(message, "token", None)
         if token is not None:
             self.check_token(token, peer.name, now)
         return Received(message, peer, group, source)
+
+    def admit(self, message_type: MessageType, source: str, now: float) -> None:
+        """Raise ``ProtocolError`` to drop a datagram before its signature check."""
 
     def lookup(
         self, name: str, group: GroupConfig, now: float, roles: Iterable[str]
@@ -299,10 +350,19 @@ class Machine:
         self.replay.check(("router", token.sender, token.nonce), token.timestamp_ms, now)
 
     def verify_host_token(
-        self, token: HostToken, group: GroupConfig, now: float, replay: bool = True
+        self,
+        token: HostToken,
+        group: GroupConfig,
+        now: float,
+        replay: bool = True,
+        roles: Iterable[str] = ("host",),
     ) -> Peer:
-        """Authenticate a host's signed token; ``replay`` also checks its nonce."""
-        host = self.lookup(token.host, group, now, ("host",))
+        """Authenticate a host's signed token; ``replay`` also checks its nonce.
+
+        A router that re-joins signs a token of the same form itself, so
+        ``roles`` names the roles its signer may have.
+        """
+        host = self.lookup(token.host, group, now, roles)
         if token.group != group.address:
             raise AuthenticationFailed(
                 f"host token is for group {token.group}", reason="token-mismatch"
@@ -358,11 +418,18 @@ class Machine:
         )
 
     def send(self, message: Message, group: GroupConfig, peer: Peer) -> None:
+        self.send_signed(message, group.suite, self.address_of(peer), peer.name)
+
+    def send_signed(
+        self, message: Message, suite: str, destination: str, peer_name: str
+    ) -> None:
+        """Sign ``message`` with ``suite`` and queue it for ``destination``."""
         unsigned = message.encode_unsigned()
-        value = self.identity.sign(group.suite, unsigned)
-        datagram = sign_message(unsigned, Signature(self.name, group.suite_code, value))
+        value = self.identity.sign(suite, unsigned)
+        code = suite_by_name(suite).code
+        datagram = sign_message(unsigned, Signature(self.name, code, value))
         self.counters[f"sent:{message.header.type.name}"] += 1
-        self._outputs.append(Transmit(self.address_of(peer), datagram, peer.name))
+        self._outputs.append(Transmit(destination, datagram, peer_name))
 
     def header(self, message_type: MessageType, group: GroupConfig, **fields: Any) -> ControlHeader:
         return ControlHeader(

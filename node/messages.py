@@ -15,7 +15,12 @@ Types 1 to 8 are CBTv1's. Types from 0x10 are smkd's: the secure,
 non-suppressible membership report of RFC 1949 appendix B (carried here
 instead of in IGMPv3), the key delivery from a DR to its host, and the ACL
 upload from the group initiator to the primary core, which RFC 1949 leaves
-outside CBT.
+outside CBT. Types from 0x20 are the link-state routing protocol between
+neighbouring routers (node/routing.py): hellos and link-state adverts. They
+belong to no group, so their group field is 0.0.0.0 and they carry no cores.
+
+The code byte is checked per type: CBTv1's join and join-ack codes, the
+report codes, and 0 for every other type.
 
 The signature covers every byte before the SIGNATURE TLV with the checksum
 field set to zero; the checksum is computed last, over everything.
@@ -51,17 +56,42 @@ class MessageType(enum.IntEnum):
     KEY_DELIVERY = 0x11
     ACL_UPLOAD = 0x12
     ACL_ACCEPT = 0x13
+    HELLO = 0x20
+    LINK_STATE = 0x21
 
 
 class JoinCode(enum.IntEnum):
+    """CBTv1 join request codes."""
+
     ACTIVE_JOIN = 0
     REJOIN = 1
     REJOIN_LOOP_PROBE = 2
 
 
+class AckCode(enum.IntEnum):
+    """CBTv1 join-ack codes: who answered, so a re-joiner knows if it must probe."""
+
+    NORMAL = 0
+    PRIMARY_REJOIN = 1
+    PRIMARY_LOOP_PROBE = 2
+
+
 class ReportCode(enum.IntEnum):
+    """Membership report codes; REFRESH is a member that holds the key saying so."""
+
     JOIN = 0
     LEAVE = 1
+    REFRESH = 2
+
+
+# valid code bytes per message type; a type missing here takes only 0
+_CODES: dict[MessageType, type[enum.IntEnum]] = {
+    MessageType.JOIN_REQUEST: JoinCode,
+    MessageType.JOIN_ACK: AckCode,
+    MessageType.MEMBERSHIP_REPORT: ReportCode,
+}
+
+NO_GROUP = "0.0.0.0"
 
 
 class TlvType(enum.IntEnum):
@@ -73,6 +103,8 @@ class TlvType(enum.IntEnum):
     HOP_BUNDLE = 6
     PATH = 7
     REASON = 8
+    HELLO = 9
+    LSA = 10
     SIGNATURE = 0xFF
 
 
@@ -86,6 +118,7 @@ class ReasonCode(enum.IntEnum):
     NO_ROUTE = 4
     OLDER_ACL = 5
     INVALID_ACL = 6
+    LOOP = 7
 
 
 @dataclass(frozen=True)
@@ -136,9 +169,17 @@ class ControlHeader:
             raise MalformedMessage(
                 f"header length {length} does not match {core_count} cores"
             )
+        _check_code(message_type, code)
         group, mask, origin, primary, target = (r.pull_address() for _ in range(5))
         cores = tuple(r.pull_address() for _ in range(core_count))
         return cls(message_type, group, origin, primary, target, cores, code, mask)
+
+
+def _check_code(message_type: MessageType, code: int) -> None:
+    codes = _CODES.get(message_type)
+    valid = code == 0 if codes is None else code in {c.value for c in codes}
+    if not valid:
+        raise MalformedMessage(f"unknown {message_type.name} code {code}")
 
 
 def _pull_type(r: Reader) -> MessageType:
@@ -236,6 +277,113 @@ class Signature:
         return cls(r.pull_name("signer"), r.pull_u8(), r.pull_blob16())
 
 
+LSA_LABEL = b"smkd link state\0"
+MAX_LSA_LINKS = 1024
+
+
+@dataclass(frozen=True)
+class Lsa:
+    """A router's link-state advert: its identity and its live adjacencies.
+
+    ``sequence`` is the origination time in milliseconds, so a restarted
+    router's adverts supersede those of its previous run. ``links`` pairs each
+    neighbour router's name with the cost of reaching it.
+    """
+
+    origin: str
+    address: str
+    sequence: int
+    links: tuple[tuple[str, int], ...]
+
+    def encode(self) -> bytes:
+        w = Writer()
+        w.push_name(self.origin)
+        w.push_address(self.address)
+        w.push_u64(self.sequence)
+        w.push_u16(len(self.links))
+        for neighbour, cost in self.links:
+            w.push_name(neighbour)
+            w.push_u32(cost)
+        return w.getvalue()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Lsa:
+        r = Reader(data)
+        origin = r.pull_name("LSA origin")
+        address = r.pull_address()
+        sequence = r.pull_u64()
+        count = r.pull_u16()
+        # each link takes at least six bytes, so a lying count fails fast
+        if count > MAX_LSA_LINKS or count * 6 > r.remaining():
+            raise MalformedMessage(f"{count} LSA links cannot fit in the field")
+        links = tuple(
+            (r.pull_name("LSA neighbour"), r.pull_u32()) for _ in range(count)
+        )
+        r.expect_end("the LSA")
+        return cls(origin, address, sequence, links)
+
+
+@dataclass(frozen=True)
+class SignedLsa:
+    """``[LSA]^SK_origin``: flooded unchanged, so every router can verify the origin.
+
+    The body is kept as received, so verification never depends on
+    re-encoding the decoded fields.
+    """
+
+    body: bytes
+    signature: bytes = field(repr=False)
+    lsa: Lsa = field(compare=False)
+
+    @classmethod
+    def create(cls, lsa: Lsa, signature: bytes) -> SignedLsa:
+        return cls(lsa.encode(), signature, lsa)
+
+    def signed_bytes(self) -> bytes:
+        return LSA_LABEL + self.body
+
+    def encode(self, w: Writer) -> None:
+        w.push_blob16(self.body)
+        w.push_blob16(self.signature)
+
+    @classmethod
+    def decode(cls, r: Reader) -> SignedLsa:
+        body = r.pull_blob16()
+        signature = r.pull_blob16()
+        return cls(body, signature, Lsa.decode(body))
+
+
+@dataclass(frozen=True)
+class HelloBody:
+    """What a hello tells a neighbour router.
+
+    ``heard`` lists the routers whose hellos the sender has heard recently, so
+    a router sees its own name when the adjacency works both ways.
+    ``summary`` pairs each LSA origin in the sender's database with its
+    sequence, so the receiver sends back the adverts the sender lacks.
+    """
+
+    heard: tuple[str, ...]
+    summary: tuple[tuple[str, int], ...]
+
+    def encode(self, w: Writer) -> None:
+        w.push_names(self.heard)
+        w.push_u16(len(self.summary))
+        for origin, sequence in self.summary:
+            w.push_name(origin)
+            w.push_u64(sequence)
+
+    @classmethod
+    def decode(cls, r: Reader) -> HelloBody:
+        heard = r.pull_names("heard router")
+        count = r.pull_u16()
+        # each entry takes at least ten bytes, so a lying count fails fast
+        if count * 10 > r.remaining():
+            raise MalformedMessage(f"{count} summary entries cannot fit in the field")
+        summary = tuple((r.pull_name("LSA origin"), r.pull_u64()) for _ in range(count))
+        return cls(heard, summary)
+
+
 # the codec of each TLV's value, keyed by type
 _TLV_CODECS: dict[TlvType, Any] = {
     TlvType.TOKEN: Token,
@@ -246,6 +394,8 @@ _TLV_CODECS: dict[TlvType, Any] = {
     TlvType.HOP_BUNDLE: SealedBundle,
     TlvType.PATH: Path,
     TlvType.REASON: Reason,
+    TlvType.HELLO: HelloBody,
+    TlvType.LSA: SignedLsa,
     TlvType.SIGNATURE: Signature,
 }
 
@@ -302,19 +452,26 @@ class JoinRequest(Message):
 
 @dataclass(frozen=True)
 class JoinAck(Message):
+    """The answer to a join, with the group access package.
+
+    ``host_bundle`` is absent in the answer to a router's re-join, which has
+    no host to deliver keys to, and in a loop-probe answer, which carries no
+    keys at all. The router that receives an ack checks which case it has.
+    """
+
     TYPE = MessageType.JOIN_ACK
     LAYOUT = (
         ("token", TlvType.TOKEN, True),
         ("host_token", TlvType.HOST_TOKEN, True),
         ("acl", TlvType.ACL, True),
-        ("host_bundle", TlvType.HOST_BUNDLE, True),
+        ("host_bundle", TlvType.HOST_BUNDLE, False),
         ("hop_bundle", TlvType.HOP_BUNDLE, False),
     )
     header: ControlHeader
     token: Token
     host_token: HostToken
     acl: SignedAcl
-    host_bundle: SealedBundle
+    host_bundle: SealedBundle | None = None
     hop_bundle: SealedBundle | None = None
     signature: Signature | None = field(default=None, compare=False)
     signed_part: bytes = field(default=b"", compare=False, repr=False)
@@ -426,6 +583,52 @@ class TreeMessage(Message):
         return w.getvalue()
 
 
+class _RoutingMessage(Message):
+    """Base of the routing messages, which belong to no group."""
+
+    def __post_init__(self) -> None:
+        header = self.header
+        if header.group != NO_GROUP or header.cores:
+            raise MalformedMessage(
+                f"{header.type.name} names group {header.group} or a core list; "
+                "routing messages belong to no group"
+            )
+
+
+@dataclass(frozen=True)
+class Hello(_RoutingMessage):
+    """A signed hello to one neighbour router."""
+
+    TYPE = MessageType.HELLO
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("hello", TlvType.HELLO, True),
+    )
+    header: ControlHeader
+    token: Token
+    hello: HelloBody
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class LinkStateUpdate(_RoutingMessage):
+    """One LSA passed to a neighbour, signed by the hop; the LSA by its origin."""
+
+    TYPE = MessageType.LINK_STATE
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("lsa", TlvType.LSA, True),
+    )
+    header: ControlHeader
+    token: Token
+    lsa: SignedLsa
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+ROUTING_TYPES = frozenset({MessageType.HELLO, MessageType.LINK_STATE})
+
 _TREE_TYPES = frozenset({
     MessageType.QUIT_REQUEST, MessageType.QUIT_ACK, MessageType.FLUSH_TREE,
     MessageType.ECHO_REQUEST, MessageType.ECHO_REPLY,
@@ -435,7 +638,7 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         JoinRequest, JoinAck, JoinNack, MembershipReport, KeyDelivery,
-        AclUpload, AclAccept,
+        AclUpload, AclAccept, Hello, LinkStateUpdate,
     )
 }
 for _tree_type in _TREE_TYPES:

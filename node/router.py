@@ -7,12 +7,14 @@ primary core, or an on-tree router that already holds the keys) checks the
 host against the ACL and answers with a join-ack that carries the group
 access package; each router on the way back verifies it, keeps its own key
 bundle enciphered under a local key, and seals a fresh one to the next hop.
+
+Keeping the tree alive after it is built (keepalives, re-joins, quits and
+pruning) is in node/tree.py, and finding routes in node/routing.py.
 """
 
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass, field
 from typing import Any
 
 from .bundles import key_fields, open_bundle, seal_bundle, sign_bundle
@@ -20,12 +22,13 @@ from .codec import Reader
 from .crypto import LocalVault
 from .documents import GroupAcl, HostToken, KeyBundle, SignedAcl, SignedBundle
 from .errors import AuthenticationFailed, MalformedMessage, ProtocolError
-from .machine import ROUTER_ROLES, GroupConfig, Machine, Received
+from .machine import ROUTER_ROLES, GroupConfig, Received
 from .messages import (
-    AclAccept, AclUpload, JoinAck, JoinNack, JoinRequest, KeyDelivery,
-    MembershipReport, MessageType, Path, Reason, ReasonCode, ReportCode,
-    SealedBundle,
+    ROUTING_TYPES, AckCode, AclAccept, AclUpload, JoinAck, JoinCode, JoinNack,
+    JoinRequest, KeyDelivery, MembershipReport, MessageType, Path, Reason,
+    ReasonCode, ReportCode, SealedBundle,
 )
+from .tree import GroupState, Request, TreeMaintenance
 
 ACL_SEAL_LABEL = b"smkd acl seal\0"
 
@@ -34,46 +37,7 @@ def acl_seal_info(group_address: str) -> bytes:
     return ACL_SEAL_LABEL + socket.inet_aton(group_address)
 
 
-@dataclass
-class Request:
-    """A secure join this router has taken on, on behalf of one host.
-
-    ``child`` is the router the join came from, or ``None`` when the host is
-    on one of this router's own LANs. ``path`` lists the routers the join
-    passed before reaching this one, the DR first.
-    """
-
-    host_token: HostToken
-    child: str | None
-    path: tuple[str, ...]
-    origin: str
-    target_core: str
-    host_verified: bool = False
-    upstream: str | None = None
-    first_sent: float = 0.0
-    last_sent: float = 0.0
-    attempts: int = 0
-
-    @property
-    def host(self) -> str:
-        return self.host_token.host
-
-
-@dataclass
-class GroupState:
-    config: GroupConfig
-    on_tree: bool = False
-    parent: str | None = None
-    children: set[str] = field(default_factory=set)
-    members: set[str] = field(default_factory=set)
-    requests: dict[bytes, Request] = field(default_factory=dict)
-    queued: list[Request] = field(default_factory=list)
-    acl: SignedAcl | None = None
-    vaulted_bundle: bytes | None = field(default=None, repr=False)
-    key_info: dict[str, Any] | None = None
-
-
-class Router(Machine):
+class Router(TreeMaintenance):
     """A CBT router (role ``router``) or core (role ``core``)."""
 
     def __init__(self, config, identity, directory, randbytes):
@@ -83,20 +47,40 @@ class Router(Machine):
         for state in self.groups.values():
             # the primary core is the root of the tree from the start
             state.on_tree = self.is_primary(state)
+        self.init_routing()
+
+    def start(self, now: float) -> None:
+        super().start(now)
+        self.start_routing(now)
+        self.trace_tree_changes(now)
+
+    def receive(self, datagram: bytes, source: str, now: float) -> None:
+        super().receive(datagram, source, now)
+        self.trace_tree_changes(now)
 
     # roles and GKDC status
 
     def is_primary(self, state: GroupState) -> bool:
         return state.config.primary_core == self.name
 
-    def is_gkdc(self, state: GroupState) -> bool:
-        if state.vaulted_bundle is None or state.acl is None:
+    def may_hold_keys(self, state: GroupState) -> bool:
+        if state.acl is None:
             return False
         if self.is_primary(state):
             # the primary core creates the keys, so it serves joins under
             # every policy, the central KDC's included
             return True
         return state.acl.acl.may_hold_keys(self.name, self.config.role)
+
+    def is_gkdc(self, state: GroupState) -> bool:
+        """Whether this router answers joins itself: on the tree, with the keys.
+
+        A router off the tree would miss re-keys, so it never answers.
+        """
+        return (
+            state.on_tree and state.vaulted_bundle is not None
+            and self.may_hold_keys(state)
+        )
 
     def holds_keys(self, group_name: str) -> bool:
         state = self._state_by_name(group_name)
@@ -114,6 +98,8 @@ class Router(Machine):
             groups[state.config.name] = {
                 "on_tree": state.on_tree,
                 "parent": state.parent,
+                "root": state.is_root,
+                "acting_root": state.acting_root,
                 "children": sorted(state.children),
                 "members": sorted(state.members),
                 "gkdc": self.is_gkdc(state),
@@ -122,20 +108,32 @@ class Router(Machine):
                 "queued": len(state.queued),
                 "key": state.key_info,
             }
-        return {"name": self.name, "role": self.config.role, "groups": groups}
+        return {
+            "name": self.name, "role": self.config.role, "groups": groups,
+            "routing": self.routing_status(),
+        }
 
     # dispatch
 
     def dispatch(self, received: Received, now: float) -> None:
+        message_type = received.message.header.type
+        if message_type in ROUTING_TYPES:
+            self.on_routing_message(received, now)
+            return
         handlers = {
             MessageType.MEMBERSHIP_REPORT: self._on_report,
             MessageType.JOIN_REQUEST: self._on_join_request,
             MessageType.JOIN_ACK: self._on_join_ack,
             MessageType.JOIN_NACK: self._on_join_nack,
             MessageType.ACL_UPLOAD: self._on_acl_upload,
+            MessageType.ECHO_REQUEST: self._on_echo_request,
+            MessageType.ECHO_REPLY: self._on_echo_reply,
+            MessageType.QUIT_REQUEST: self._on_quit_request,
+            MessageType.QUIT_ACK: self._on_quit_ack,
+            MessageType.FLUSH_TREE: self._on_flush,
         }
-        handler = handlers.get(received.message.header.type)
-        if handler is None:
+        handler = handlers.get(message_type)
+        if handler is None or received.group is None:
             super().dispatch(received, now)
             return
         handler(received, self.groups[received.group.address], now)
@@ -157,13 +155,18 @@ class Router(Machine):
             self.trace(now, "token_rejected", peer=token.host, kind="host",
                        reason=error.reason, detail=error.detail)
             raise
+        code = ReportCode(report.header.code)
+        if code is ReportCode.REFRESH and self._refresh_member(state, token.host, now):
+            return
         self.trace(now, "report_received", group=state.config.name, host=token.host,
-                   code=ReportCode(report.header.code).name.lower())
+                   code=code.name.lower())
         self.trace(now, "token_verified", kind="host", host=token.host)
 
-        if report.header.code == ReportCode.LEAVE:
+        if code is ReportCode.LEAVE:
             state.members.discard(token.host)
+            state.member_heard.pop(token.host, None)
             self.trace(now, "member_left", group=state.config.name, host=token.host)
+            self._prune_if_idle(state, now)
             return
         if any(r.child is None and r.host == token.host for r in state.requests.values()):
             # the host repeats its report until keys arrive; one join suffices
@@ -171,9 +174,23 @@ class Router(Machine):
             return
         request = Request(
             token, None, (), self.config.address,
-            state.config.core_addresses[0], host_verified=True,
+            state.config.core_addresses[0], host_verified=True, target_since=now,
         )
         self._handle_join(state, request, now)
+
+    def _refresh_member(self, state: GroupState, host: str, now: float) -> bool:
+        """Note a known member's refresh; return False if it needs a join instead.
+
+        A refresh from a host this router does not know (it restarted, or the
+        member expired) or arriving while the router is off the tree with
+        no join under way is handled as a join, so the member is served again.
+        """
+        if host not in state.members:
+            return False
+        if not state.on_tree and not state.requests:
+            return False
+        state.member_heard[host] = now
+        return True
 
     # join requests
 
@@ -183,15 +200,66 @@ class Router(Machine):
         path = join.path.routers
         if not path or path[-1] != received.peer.name:
             raise MalformedMessage("join path does not end with its sender")
+        code = JoinCode(join.header.code)
+        router_token = join.host_token.host == path[0]
+        if code is not JoinCode.ACTIVE_JOIN and not router_token:
+            raise AuthenticationFailed(
+                f"{code.name} carries {join.host_token.host}'s token, not that of "
+                f"its first router {path[0]}",
+                reason="token-mismatch",
+            )
+        if code is JoinCode.REJOIN_LOOP_PROBE and path[0] == self.name:
+            self._on_returned_probe(state, join.host_token, now)
+            return
         if self.name in path:
             raise ProtocolError("join path already contains this router", reason="loop")
         self.trace(now, "join_received", group=state.config.name,
-                   peer=received.peer.name, host=join.host_token.host)
+                   peer=received.peer.name, host=join.host_token.host,
+                   code=code.name.lower())
         request = Request(
             join.host_token, received.peer.name, path,
-            join.header.origin, join.header.target_core,
+            join.header.origin, join.header.target_core, code=code,
+            router_token=router_token, target_since=now,
         )
-        self._handle_join(state, request, now)
+        if code is JoinCode.REJOIN_LOOP_PROBE:
+            self._on_probe(state, request, now)
+        else:
+            self._handle_join(state, request, now)
+
+    def _on_probe(self, state: GroupState, request: Request, now: float) -> None:
+        """Pass a loop probe up the tree; a root answers it (CBTv1 join code 2)."""
+        if state.is_root:
+            self._verify_router_token(state, request, now)
+            self._send_probe_ack(state, request, state.acl, now)
+        elif state.on_tree:
+            self._forward(state, request, state.parent, now)
+        else:
+            raise ProtocolError("loop probe reached a router off the tree",
+                                reason="off-tree")
+
+    def _on_returned_probe(
+        self, state: GroupState, token: HostToken, now: float
+    ) -> None:
+        request = state.requests.get(token.nonce)
+        if request is None or not request.own or request.host_token != token:
+            raise ProtocolError("a loop probe of ours that is no longer pending",
+                                reason="unexpected-answer")
+        # CBTv1: the probe came back on a child interface, so the new parent
+        # lies in this router's own subtree
+        self._on_loop(state, now, "probe-returned")
+
+    def _verify_router_token(
+        self, state: GroupState, request: Request, now: float
+    ) -> None:
+        """Authenticate the token a re-joining router signed in place of a host's."""
+        try:
+            self.verify_host_token(request.host_token, state.config, now,
+                                   replay=False, roles=ROUTER_ROLES)
+        except AuthenticationFailed as error:
+            self.trace(now, "token_rejected", peer=request.host, kind="router",
+                       reason=error.reason, detail=error.detail)
+            raise
+        self.trace(now, "token_verified", kind="router", host=request.host)
 
     def _handle_join(self, state: GroupState, request: Request, now: float) -> None:
         if self.is_gkdc(state):
@@ -203,21 +271,29 @@ class Router(Machine):
             # an on-tree router that may not hold keys passes the join upward
             # (strict mode, an untrusted router, a core without keys yet)
             self._forward(state, request, state.parent, now)
+        elif self._can_act_as_root(state):
+            self._become_acting_root(state, now)
+            self._answer(state, request, now)
         elif state.requests and request.host_token.nonce not in state.requests:
             # CBT: joins that arrive while this router waits for its own ack
             # are answered once that ack arrives
             state.queued.append(request)
             self.trace(now, "join_queued", group=state.config.name, host=request.host)
+        elif request.child is None:
+            self._originate_join(state, request, now)
         else:
             self._forward(state, request, self._next_hop(state, request), now)
 
     def _next_hop(self, state: GroupState, request: Request) -> str | None:
         target = request.target_core
-        if self.config.role == "core" and not self.is_primary(state):
+        primary = state.config.core_addresses[0]
+        secondary = self.config.role == "core" and not self.is_primary(state)
+        if secondary and primary in self.routes:
             # RFC 1949 changes CBT here: a secondary core forwards the join
-            # to the primary instead of acking it and re-joining
-            target = state.config.core_addresses[0]
-        hop_address = self.config.routes.get(target)
+            # to the primary instead of acking it and re-joining, while the
+            # primary is reachable
+            target = primary
+        hop_address = self.routes.get(target)
         if hop_address is None:
             return None
         return self.config.neighbours.get(hop_address)
@@ -227,11 +303,12 @@ class Router(Machine):
     ) -> None:
         group = state.config
         if upstream is None:
+            state.requests.pop(request.host_token.nonce, None)
             self._nack(state, request, ReasonCode.NO_ROUTE,
                        f"{self.name} has no route toward the core", now)
             return
         peer = self.lookup(upstream, group, now, ROUTER_ROLES)
-        if request.attempts == 0:
+        if request.attempts == 0 and request.first_sent == 0.0:
             request.first_sent = now
         request.upstream = upstream
         request.last_sent = now
@@ -239,7 +316,7 @@ class Router(Machine):
         state.requests[request.host_token.nonce] = request
 
         header = self.header(MessageType.JOIN_REQUEST, group, origin=request.origin,
-                             target_core=request.target_core)
+                             target_core=request.target_core, code=request.code)
         join = JoinRequest(header, self.new_token(upstream, now), request.host_token,
                            Path(request.path + (self.name,)))
         self.send(join, group, peer)
@@ -250,6 +327,9 @@ class Router(Machine):
 
     def _answer(self, state: GroupState, request: Request, now: float) -> None:
         group = state.config
+        if request.router_token:
+            self._answer_rejoin(state, request, now)
+            return
         if not request.host_verified:
             # NOTE 2 of section 6.2: a GKDC that is also the host's DR has
             # already authenticated the token, so it does so only once
@@ -283,6 +363,44 @@ class Router(Machine):
         self.trace(now, "served", group=group.name, host=request.host,
                    peer=request.child)
 
+    def _answer_rejoin(self, state: GroupState, request: Request, now: float) -> None:
+        """Answer a router's re-join: no host bundle, keys only in the hop bundle.
+
+        The ACL's host list does not apply to a router; the trusted-router
+        ACL, through the hop bundle, decides whether it gets keys.
+        """
+        assert request.child is not None
+        try:
+            self._verify_router_token(state, request, now)
+        except AuthenticationFailed as error:
+            self._nack(state, request, ReasonCode.AUTHENTICATION_FAILED,
+                       error.reason, now)
+            return
+        code = AckCode.NORMAL
+        if state.is_root and request.code is JoinCode.REJOIN:
+            code = AckCode.PRIMARY_REJOIN
+        hop_bundle = self._seal_for_next_hop(state, self._unvault(state), request, now)
+        self._send_ack(state, request, None, hop_bundle, now, code)
+        self.trace(now, "served", group=state.config.name, host=request.host,
+                   peer=request.child, kind="rejoin")
+
+    def _send_probe_ack(
+        self, state: GroupState, request: Request, acl: SignedAcl | None, now: float
+    ) -> None:
+        group = state.config
+        assert request.child is not None
+        if acl is None:
+            raise ProtocolError("a root without an ACL cannot answer a loop probe",
+                                reason="no-acl")
+        child = self.lookup(request.child, group, now, ROUTER_ROLES)
+        header = self.header(MessageType.JOIN_ACK, group, origin=request.origin,
+                             target_core=request.target_core,
+                             code=AckCode.PRIMARY_LOOP_PROBE)
+        ack = JoinAck(header, self.new_token(child.name, now), request.host_token, acl)
+        self.send(ack, group, child)
+        self.trace(now, "loop_probe_answered", group=group.name, peer=child.name,
+                   host=request.host)
+
     def _seal_for_next_hop(
         self, state: GroupState, signed: SignedBundle, request: Request, now: float
     ) -> SealedBundle | None:
@@ -303,16 +421,18 @@ class Router(Machine):
         self,
         state: GroupState,
         request: Request,
-        host_bundle: SealedBundle,
+        host_bundle: SealedBundle | None,
         hop_bundle: SealedBundle | None,
         now: float,
+        code: AckCode = AckCode.NORMAL,
     ) -> None:
         group = state.config
         assert request.child is not None and state.acl is not None
         child = self.lookup(request.child, group, now, ROUTER_ROLES)
         state.children.add(request.child)
+        state.child_heard[request.child] = now
         header = self.header(MessageType.JOIN_ACK, group, origin=request.origin,
-                             target_core=request.target_core)
+                             target_core=request.target_core, code=code)
         ack = JoinAck(header, self.new_token(child.name, now), request.host_token,
                       state.acl, host_bundle, hop_bundle)
         self.send(ack, group, child)
@@ -331,6 +451,7 @@ class Router(Machine):
                                request.host_token, state.acl, host_bundle)
         self.send(delivery, group, host)
         state.members.add(host.name)
+        state.member_heard[host.name] = now
         self.trace(now, "keys_delivered", group=group.name, host=host.name)
 
     def _nack(
@@ -370,8 +491,21 @@ class Router(Machine):
         ack = received.message
         assert isinstance(ack, JoinAck)
         group = state.config
-        request = self._pending_for(state, ack.host_token, received.peer.name)
+        peer = received.peer.name
+        request = self._pending_for(state, ack.host_token, peer)
         acl = self._check_acl_update(state, ack.acl, now)
+        code = AckCode(ack.header.code)
+        if (request.code is JoinCode.REJOIN_LOOP_PROBE) != (
+            code is AckCode.PRIMARY_LOOP_PROBE
+        ):
+            raise ProtocolError(f"{code.name} ack answers a {request.code.name} join",
+                                reason="unexpected-answer")
+        if request.code is JoinCode.REJOIN_LOOP_PROBE:
+            self._on_probe_ack(state, request, ack, now)
+            return
+        if ack.host_bundle is None and not request.router_token:
+            raise ProtocolError("ack of a host's join without the host's bundle",
+                                reason="missing-bundle")
 
         # open our own bundle before changing any state, so a bad ack
         # leaves this router exactly as it was
@@ -385,16 +519,28 @@ class Router(Machine):
 
         del state.requests[ack.host_token.nonce]
         state.acl = ack.acl
-        self.trace(now, "ack_received", group=group.name, peer=received.peer.name,
+        self.trace(now, "ack_received", group=group.name, peer=peer,
                    host=request.host)
-        if not state.on_tree:
-            state.on_tree = True
-            state.parent = received.peer.name
-            self.trace(now, "on_tree", group=group.name, parent=state.parent)
+        if not state.on_tree or (request.own and state.acting_root):
+            self._attach(state, peer, now)
+        elif peer == state.parent:
+            state.parent_heard = now
         if opened is not None:
             self._store_bundle(state, opened.signed, opened.bundle, now)
-        self._pass_down(state, request, ack, now)
+        if request.own:
+            self._rejoined(state, request, code, peer, now)
+        else:
+            self._pass_down(state, request, ack, code, now)
         self._drain_queue(state, now)
+
+    def _on_probe_ack(
+        self, state: GroupState, request: Request, ack: JoinAck, now: float
+    ) -> None:
+        del state.requests[ack.host_token.nonce]
+        if request.own:
+            self.trace(now, "loop_probe_ok", group=state.config.name)
+            return
+        self._send_probe_ack(state, request, ack.acl, now)
 
     def _check_acl_update(self, state: GroupState, signed: SignedAcl, now: float) -> GroupAcl:
         acl = self.verify_acl(signed, state.config, now)
@@ -405,8 +551,12 @@ class Router(Machine):
             )
         return acl
 
-    def _pass_down(self, state: GroupState, request: Request, ack: JoinAck, now: float) -> None:
+    def _pass_down(
+        self, state: GroupState, request: Request, ack: JoinAck, code: AckCode,
+        now: float,
+    ) -> None:
         if request.child is None:
+            assert ack.host_bundle is not None
             self._deliver(state, request, ack.host_bundle, now)
             return
         if self.is_gkdc(state):
@@ -415,17 +565,31 @@ class Router(Machine):
             hop_out = ack.hop_bundle
         else:
             hop_out = None
-        self._send_ack(state, request, ack.host_bundle, hop_out, now)
+        self._send_ack(state, request, ack.host_bundle, hop_out, now, code)
 
     def _on_join_nack(self, received: Received, state: GroupState, now: float) -> None:
         nack = received.message
         assert isinstance(nack, JoinNack)
         request = self._pending_for(state, nack.host_token, received.peer.name)
         del state.requests[nack.host_token.nonce]
+        reason = nack.reason.code
         self.trace(now, "nack_received", group=state.config.name,
                    peer=received.peer.name, host=request.host,
-                   reason=nack.reason.code.name.lower().replace("_", "-"))
-        self._nack(state, request, nack.reason.code, nack.reason.text, now)
+                   reason=reason.name.lower().replace("_", "-"))
+        if request.child is None and reason is ReasonCode.NO_ROUTE and (
+            request.code is not JoinCode.REJOIN_LOOP_PROBE
+        ):
+            # a core that cannot be reached: try the next one in the list
+            self._advance_core(state, request, now, "no-route")
+            self._originate_join(state, request, now)
+            return
+        if request.own:
+            if request.code is JoinCode.REJOIN_LOOP_PROBE:
+                self._on_loop(state, now, "probe-refused")
+            else:
+                self._rejoin_failed(state, now, reason.name.lower().replace("_", "-"))
+            return
+        self._nack(state, request, reason, nack.reason.text, now)
         if not state.on_tree and not state.requests:
             self._drain_queue(state, now)
 
@@ -524,28 +688,13 @@ class Router(Machine):
         answer = AclAccept(header, self.new_token(peer.name, now), Reason(code, text))
         self.send(answer, group, peer)
 
-    # timers: join retransmission and expiry
+    # timers: routing, then the tree's (node/tree.py)
 
     def next_timer(self) -> float | None:
-        interval = self.config.timers.pending_join_interval
-        times = [
-            request.last_sent + interval
-            for state in self.groups.values()
-            for request in state.requests.values()
-        ]
-        return min(times, default=None)
+        times = [self.routing_timer(), self.tree_timer()]
+        return min((t for t in times if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
-        timers = self.config.timers
-        for state in self.groups.values():
-            for request in list(state.requests.values()):
-                if now < request.last_sent + timers.pending_join_interval:
-                    continue
-                if now - request.first_sent >= timers.expire_pending_join:
-                    del state.requests[request.host_token.nonce]
-                    self.trace(now, "join_expired", group=state.config.name,
-                               host=request.host)
-                    continue
-                self._forward(state, request, request.upstream, now)
-            if not state.on_tree and not state.requests and state.queued:
-                self._drain_queue(state, now)
+        self.handle_routing_timer(now)
+        self.handle_tree_timer(now)
+        self.trace_tree_changes(now)

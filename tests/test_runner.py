@@ -71,9 +71,14 @@ def test_figure1_summary_and_junit(figure1_run):
     assert suite.get("failures") == "0"
 
 
+# keepalives and routing run all the time, beside the joins under test
+BACKGROUND = {MessageType.ECHO_REQUEST, MessageType.ECHO_REPLY, MessageType.HELLO,
+              MessageType.LINK_STATE}
+
+
 def test_figure1_captures_in_order(figure1_run):
     _, out = figure1_run
-    types = [t for _, _, _, t in message_types(out)]
+    types = [t for _, _, _, t in message_types(out) if t not in BACKGROUND]
     first_join = types.index(MessageType.MEMBERSHIP_REPORT)
     walk = types[first_join : first_join + 6]
     assert walk == [
@@ -99,7 +104,7 @@ def test_figure1_captures_open_in_tcpdump(figure1_run):
         capture_output=True, text=True, check=True,
     )
     lines = result.stdout.splitlines()
-    assert len(lines) == 2
+    assert len(lines) >= 2
     assert all(".7777 > " in line and "UDP" in line for line in lines)
 
 
