@@ -2,16 +2,17 @@
 """Entry point of the smkd node image: captures, link emulation, then the agent.
 
     smkd-entrypoint CONFIG            capture each link, then run the agent
-    smkd-entrypoint health CONFIG     exit 0 when the agent answers ``status``
+    smkd-entrypoint health CONFIG     exit 0 when the agent responds to ``status``
     smkd-entrypoint setup-done DIR    exit 0 once this container's runner wrote
                                       the run directory DIR (compose)
     smkd-entrypoint netem CONFIG SEG  set SEG's netem impairment again, from
                                       netem/SEG.json in the run directory
 
-Docker names a container's interfaces eth0, eth1, ... in the order in which
-it attaches networks, and gives new names when a network is connected again.
-Nothing here depends on those names: each link or LAN is found by the
-node's address on it, which the config lists under ``interfaces``.
+Docker names a container's interfaces eth0, eth1, ... in an order of its
+own, which differs from the order of attachment (seen with Docker 20.10),
+and a network that is connected again gets a new interface. Nothing here
+depends on those names: each link or LAN is found by the node's address on
+it, which the config lists under ``interfaces``.
 
 For every such interface a supervisor process runs tcpdump, which records
 the datagrams this node sends over it (``src host ADDRESS``) into
@@ -79,7 +80,7 @@ def run_node(config_path: Path) -> int:
               file=sys.stderr)
         return EXIT_INVALID
 
-    # configs/ sits in the run directory, which holds captures/ and netem/
+    # the run directory contains configs/, captures/ and netem/
     run_dir = config_path.resolve().parent.parent
     owner = parse_owner(os.environ.get("SMKD_USER", ""))
     ready_read, ready_write = os.pipe()
@@ -302,7 +303,7 @@ def netem_arguments(impairment: dict[str, Any]) -> list[str]:
 
 
 def check_health(config_path: Path) -> int:
-    """Exit 0 when the agent answers a status request on its control socket."""
+    """Exit 0 when the agent responds to a status request on its control socket."""
     try:
         config = json.loads(config_path.read_text())
         control = Path(config["control"])
@@ -322,8 +323,8 @@ def check_health(config_path: Path) -> int:
 def check_setup_done(run_dir: Path) -> int:
     """Exit 0 once the runner in this container has written the run directory.
 
-    The marker holds the writer's host name, a container's own id, so that a
-    marker left by an earlier run does not count.
+    The marker contains the writer's host name, which Docker sets to the
+    container id, so that a marker left by an earlier run does not count.
     """
     try:
         marker = (run_dir / ".setup-done").read_text().strip()

@@ -113,6 +113,12 @@ def add_report_parser(subparsers: SubParsers) -> None:
     add(subparsers)
 
 
+def add_compose_parser(subparsers: SubParsers) -> None:
+    from smkd.compose import add_compose_parser as add
+
+    add(subparsers)
+
+
 SUBCOMMANDS: list[Callable[[SubParsers], None]] = [
     add_run_parser,
     add_validate_parser,
@@ -121,6 +127,7 @@ SUBCOMMANDS: list[Callable[[SubParsers], None]] = [
     add_decode_parser,
     add_wireshark_parser,
     add_report_parser,
+    add_compose_parser,
 ]
 
 

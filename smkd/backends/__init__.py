@@ -87,7 +87,7 @@ def get_backend(name: str) -> type[Backend]:
 
         return DockerBackend
     if name == "compose":
-        from .docker import ComposeBackend
+        from ..compose import ComposeBackend
 
         return ComposeBackend
     if name == "mininet":

@@ -8,9 +8,9 @@ addresses. The run directory (and the control directory, if it lies
 elsewhere) is bind-mounted at the same path inside every container, so the
 configs' paths and the agents' Unix control sockets work on both sides.
 
-Faults: a link goes down by disconnecting its network from every member and
-comes back by connecting them again; a node stops and starts with its
-container. Delay, jitter, loss and bandwidth come from tc netem inside the
+Faults: a link goes down when its network is disconnected from every
+member, and comes back when they are connected again. A node stops and
+starts with its container. Delay, jitter, loss and bandwidth come from tc netem inside the
 containers where the kernel has netem, else from the agents where they send.
 
 Captures: tcpdump in each container records what the node sends on each
@@ -55,13 +55,13 @@ OWNER_LABEL = "smkd.owner"
 # seconds a container has to stop after SIGTERM before Docker kills it
 STOP_TIMEOUT = 5
 
-# seconds to wait for agents to answer on their control sockets
+# seconds to wait for agents to respond on their control sockets
 START_TIMEOUT = 30.0
 
 # seconds to wait for a container's capture to restart after a link comes up
 CAPTURE_RESTART_TIMEOUT = 3.0
 
-# parallel Docker API calls; the SDK's connection pool holds 10
+# parallel Docker API calls, below the SDK's pool of 10 connections per client
 WORKERS = 8
 
 
@@ -75,10 +75,13 @@ def connect_engine() -> Any:
     try:
         import docker
     except ImportError:
+        docker = None
+    # without the SDK, the repository's docker/ folder imports as an empty package
+    if not hasattr(docker, "from_env"):
         raise ConfigError(
             "the Docker backend needs the Docker SDK for Python; install it with "
             "pip install 'smkd[docker]' (or pip install docker)"
-        ) from None
+        )
     try:
         client = docker.from_env(timeout=60)
         client.ping()
@@ -98,9 +101,9 @@ class DockerBackend(Backend):
 
     @classmethod
     def check_available(cls) -> None:
+        client = connect_engine()
         import docker
 
-        client = connect_engine()
         image = image_name()
         try:
             client.images.get(image)
@@ -168,9 +171,11 @@ class DockerBackend(Backend):
 
     async def stop(self) -> None:
         # blocking on purpose: a second Ctrl-C must not cut the cleanup short
-        self._parallel(self._stop_container, self.containers)
-        self._save_logs()
-        self._remove_resources()
+        try:
+            self._parallel(self._stop_container, self.containers)
+            self._save_logs()
+        finally:
+            self._remove_resources()
         merge_capture_parts(self.run_dir / "captures")
 
     async def stop_node(self, name: str) -> None:
@@ -188,7 +193,7 @@ class DockerBackend(Backend):
         await asyncio.to_thread(container.start)
         missing = await self._wait_answering([name], START_TIMEOUT)
         if missing:
-            raise ConfigError(f"node {name} did not answer within {START_TIMEOUT:g} s "
+            raise ConfigError(f"node {name} did not respond within {START_TIMEOUT:g} s "
                               "of its container starting")
 
     async def set_link(
@@ -198,10 +203,8 @@ class DockerBackend(Backend):
         if found is None:
             raise ConfigError(f"no link or LAN named {segment!r}")
         members = segment_members(found)
-        if up is False:
-            await asyncio.to_thread(self._disconnect, segment, members)
-        elif up is True:
-            await asyncio.to_thread(self._connect, segment, members)
+        if up is not None:
+            await asyncio.to_thread(self._set_link_state, segment, members, up)
         if impairment is None:
             return
         if self.netem:
@@ -340,7 +343,7 @@ class DockerBackend(Backend):
             return list(pool.map(function, names))
 
     async def _wait_answering(self, names: list[str], timeout: float) -> list[str]:
-        """Wait until the named agents answer; return those that do not."""
+        """Wait until the named agents respond; return those that do not."""
         deadline = time.monotonic() + timeout
         waiting = list(names)
         while waiting and time.monotonic() < deadline:
@@ -368,15 +371,28 @@ class DockerBackend(Backend):
 
     # link faults
 
+    def _set_link_state(self, segment: str, members: Iterable[str], up: bool) -> None:
+        import docker
+
+        # a link that is already in the requested state needs nothing
+        if (segment in self.down) != up:
+            return
+        try:
+            if up:
+                self._connect(segment, members)
+            else:
+                self._disconnect(segment, members)
+        except docker.errors.APIError as error:
+            state = "up" if up else "down"
+            raise ConfigError(f"cannot bring {segment} {state}: {error}") from None
+
     def _disconnect(self, segment: str, members: Iterable[str]) -> None:
         network = self.networks[segment]
+        self.down.add(segment)
         for member in members:
             network.disconnect(self.containers[member], force=True)
-        self.down.add(segment)
 
     def _connect(self, segment: str, members: Iterable[str]) -> None:
-        if segment not in self.down:
-            return
         network = self.networks[segment]
         parts = self.run_dir / "captures" / "parts" / segment
         for member in members:
@@ -403,94 +419,6 @@ class DockerBackend(Backend):
             if result.exit_code != 0:
                 raise ConfigError(f"cannot set netem on {member} for {segment}: "
                                   f"{result.output.decode(errors='replace').strip()}")
-
-
-class ComposeBackend(Backend):
-    """Agents that ``docker compose`` started, driven from the compose runner service.
-
-    The runner service of a file written by ``smkd compose`` uses it: it
-    writes the run directory, then marks it done so that compose starts the
-    agents, and it stops them at the end. It cannot stop nodes or change
-    links, because it has no access to the Docker engine.
-    """
-
-    name = "compose"
-
-    @classmethod
-    def check_available(cls) -> None:
-        if os.environ.get(COMPOSE_ENV) != "1":
-            raise ConfigError(
-                "the compose backend runs only in the runner service of a file "
-                "written by smkd compose; use --backend docker to start containers"
-            )
-
-    @classmethod
-    def write_configs(
-        cls, topology: Topology, run_dir: Path, seed: int, control_dir: Path
-    ) -> dict[str, Path]:
-        return write_node_configs(
-            topology, run_dir, seed, control_dir,
-            addressing=LinkAddressing.assign(topology), agent_captures=False,
-        )
-
-    async def start(self) -> None:
-        mark_setup_done(self.run_dir)
-
-    async def stop(self) -> None:
-        await stop_agents(self.control_dir, self.configs)
-        merge_capture_parts(self.run_dir / "captures")
-
-    async def stop_node(self, name: str) -> None:
-        raise self._unsupported("node_stop")
-
-    async def start_node(self, name: str) -> None:
-        raise self._unsupported("node_start")
-
-    async def set_link(
-        self, segment: str, up: bool | None = None, impairment: Impairment | None = None
-    ) -> None:
-        raise self._unsupported("link_down, link_up and link_set")
-
-    def _unsupported(self, actions: str) -> ConfigError:
-        return ConfigError(f"{actions} need the Docker engine, which the compose "
-                           "runner does not have; run the scenario with smkd run "
-                           "--backend docker")
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "link_emulation": "agent-side (delay, jitter, loss, bandwidth)",
-            "captures": "tcpdump in each container, merged per link or LAN",
-        }
-
-
-# set on the compose runner service, the only place where ComposeBackend works
-COMPOSE_ENV = "SMKD_COMPOSE"
-
-# seconds to wait for stopped agents to remove their control sockets
-AGENT_STOP_TIMEOUT = 5.0
-
-
-def mark_setup_done(run_dir: Path) -> None:
-    """Mark the run directory complete; ``smkd-entrypoint setup-done`` checks it.
-
-    The marker holds this container's host name, so that a marker left by
-    an earlier run does not count.
-    """
-    (run_dir / ".setup-done").write_text(socket.gethostname() + "\n")
-
-
-async def stop_agents(control_dir: Path, names: Iterable[str]) -> None:
-    """Ask each agent to stop and wait until its control socket is gone."""
-    sockets = [control_dir / f"{name}.sock" for name in names]
-    for path in sockets:
-        try:
-            await send_command(path, {"cmd": "stop"}, timeout=2.0)
-        except SmkdError as error:
-            log.warning("compose: cannot stop the agent at %s: %s", path, error)
-    deadline = time.monotonic() + AGENT_STOP_TIMEOUT
-    while any(path.exists() for path in sockets) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
 
 
 def _raise_if_cancelled() -> None:
