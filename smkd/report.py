@@ -14,38 +14,21 @@ or ``join_denied`` marks a host that the group ACL rejected.
 from __future__ import annotations
 
 import argparse
-import html
-import itertools
 import json
-import math
 import sys
-from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import networkx as nx
-import numpy
-
-from .model import Scenario, Topology, ValidationError, load_scenario
+from .model import Scenario, ValidationError, load_scenario
+from .report_svg import Tree, escape, render_joins, render_topology
 
 if TYPE_CHECKING:
     from .runner import RunResult
 
 REPORT_NAME = "report.html"
 EXIT_INVALID = 2
-
-# SVG canvas and node sizes, in SVG user units (pixels at 100 % zoom)
-WIDTH = 960
-HEIGHT = 620
-PADDING = 70
-NODE_RADIUS = 11
-
-# hosts sit beyond their router at this fraction of the median link length,
-# spread over at most this angle (radians)
-HOST_DISTANCE = 0.45
-HOST_SPREAD = 1.6
 
 TREE_EVENTS = ("on_tree", "key_installed", "key_erased", "denied", "join_denied")
 GKDC_EVENTS = ("became_gkdc", "keys_created")
@@ -73,16 +56,6 @@ class RunData:
     summary: dict[str, Any]
     events: list[dict[str, Any]]
     ready_at: float | None
-
-
-@dataclass
-class Tree:
-    """One group's delivery tree at the end of a run."""
-
-    group: str
-    parents: dict[str, str] = field(default_factory=dict)
-    gkdcs: set[str] = field(default_factory=set)
-    denied: set[str] = field(default_factory=set)
 
 
 def load_run(run_dir: Path, scenario: Scenario) -> RunData:
@@ -137,303 +110,8 @@ def delivery_tree(events: Iterable[dict[str, Any]], group: str) -> Tree:
     return tree
 
 
-def layout(topology: Topology, seed: int) -> dict[str, tuple[float, float]]:
-    """Place every node on the SVG canvas, deterministically for one seed.
-
-    Routers, cores and initiators get a spring layout. Each host goes just
-    beyond the router it is attached to, in the widest gap between that
-    router's links, so that hosts stay clear of the backbone.
-    """
-    graph = topology.graph()
-    attachments = _host_attachments(topology, graph)
-    backbone = graph.subgraph(n for n in graph if n not in attachments)
-    positions = _backbone_positions(backbone, seed)
-    positions.update(_place_hosts(attachments, positions, backbone))
-    return _fit_to_canvas(positions)
-
-
-def _backbone_positions(
-    backbone: nx.Graph, seed: int
-) -> dict[str, tuple[float, float]]:
-    if not len(backbone):
-        return {}
-    placed = nx.spring_layout(backbone, seed=seed, iterations=500)
-    names = list(placed)
-    points = numpy.array([placed[name] for name in names], dtype=float)
-    points -= points.mean(axis=0)
-
-    # turn the longest extent horizontal, since the canvas is wider than tall
-    if len(names) > 1:
-        _, _, axes = numpy.linalg.svd(points, full_matrices=False)
-        points = points @ axes.T
-    return {name: (float(x), float(y)) for name, (x, y) in zip(names, points)}
-
-
-def _host_attachments(topology: Topology, graph: nx.Graph) -> dict[str, str]:
-    """Map each host that has a router neighbour to the router it hangs from."""
-    attachments = {}
-    for lan in topology.lans:
-        for host in lan.hosts:
-            attachments[host] = lan.dr
-    for name, node in topology.nodes.items():
-        if node.role != "host" or name in attachments:
-            continue
-        routers = [n for n in graph.neighbors(name) if topology.nodes[n].role != "host"]
-        if routers:
-            attachments[name] = routers[0]
-    return attachments
-
-
-def _place_hosts(
-    attachments: dict[str, str],
-    positions: dict[str, tuple[float, float]],
-    backbone: nx.Graph,
-) -> dict[str, tuple[float, float]]:
-    distance = HOST_DISTANCE * _median_edge_length(backbone, positions)
-    by_router: dict[str, list[str]] = defaultdict(list)
-    for host, router in attachments.items():
-        by_router[router].append(host)
-
-    placed = {}
-    for router, hosts in by_router.items():
-        x, y = positions.get(router, (0.0, 0.0))
-        neighbours = backbone.neighbors(router) if router in backbone else ()
-        angles = [
-            math.atan2(positions[n][1] - y, positions[n][0] - x) for n in neighbours
-        ]
-        middle, gap = _widest_gap(angles)
-        spread = min(gap * 0.6, HOST_SPREAD) if len(hosts) > 1 else 0.0
-        for index, host in enumerate(hosts):
-            share = index / (len(hosts) - 1) - 0.5 if len(hosts) > 1 else 0.0
-            angle = middle + share * spread
-            placed[host] = (
-                x + distance * math.cos(angle),
-                y + distance * math.sin(angle),
-            )
-    return placed
-
-
-def _median_edge_length(
-    graph: nx.Graph, positions: dict[str, tuple[float, float]]
-) -> float:
-    lengths = sorted(
-        math.dist(positions[a], positions[b])
-        for a, b in graph.edges
-        if a in positions and b in positions
-    )
-    return lengths[len(lengths) // 2] if lengths else 1.0
-
-
-def _widest_gap(angles: list[float]) -> tuple[float, float]:
-    """Return the middle and the width of the widest gap between angles (rad)."""
-    if not angles:
-        # straight down in SVG coordinates, where y grows downwards
-        return math.pi / 2, 2 * math.pi
-    ordered = sorted(angle % (2 * math.pi) for angle in angles)
-    best_start, best_width = ordered[-1], ordered[0] + 2 * math.pi - ordered[-1]
-    for low, high in itertools.pairwise(ordered):
-        if high - low > best_width:
-            best_start, best_width = low, high - low
-    return best_start + best_width / 2, best_width
-
-
-def _fit_to_canvas(
-    positions: dict[str, tuple[float, float]],
-) -> dict[str, tuple[float, float]]:
-    """Scale positions uniformly into the canvas, keeping the layout's shape."""
-    if not positions:
-        return {}
-    xs = [x for x, _ in positions.values()]
-    ys = [y for _, y in positions.values()]
-    span_x, span_y = max(xs) - min(xs), max(ys) - min(ys)
-    scale = min(
-        (WIDTH - 2 * PADDING) / max(span_x, 1e-9),
-        (HEIGHT - 2 * PADDING) / max(span_y, 1e-9),
-    )
-    middle_x, middle_y = (max(xs) + min(xs)) / 2, (max(ys) + min(ys)) / 2
-    return {
-        name: (WIDTH / 2 + (x - middle_x) * scale, HEIGHT / 2 + (y - middle_y) * scale)
-        for name, (x, y) in positions.items()
-    }
-
-
-def _escape(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
 def _cells(*values: Any) -> str:
-    return "".join(f"<td>{_escape(value)}</td>" for value in values)
-
-
-def render_topology(run: RunData, trees: list[Tree]) -> str:
-    """Draw links, LANs, nodes and one switchable tree layer per group as SVG."""
-    topology = run.scenario.topology
-    positions = layout(topology, run.scenario.seed)
-    parts = [
-        _svg_open("topology", HEIGHT, "topology and delivery tree"),
-        _SVG_DEFS,
-    ]
-    parts.extend(_segment_lines(topology, positions))
-    for index, tree in enumerate(trees):
-        hidden = "" if index == 0 else ' style="display:none"'
-        parts.append(f'<g class="tree" data-group="{_escape(tree.group)}"{hidden}>')
-        parts.extend(_tree_edges(tree, positions))
-        parts.append("</g>")
-    nodes = run.summary.get("nodes", {})
-    for name, node in topology.nodes.items():
-        parts.append(
-            _node_shape(name, node.role, positions[name], trees, nodes.get(name, {}))
-        )
-    parts.append("</svg>")
-    return "\n".join(parts)
-
-
-def _svg_open(element_id: str, height: int, label: str) -> str:
-    return (
-        f'<svg id="{element_id}" viewBox="0 0 {WIDTH} {height}" role="img" '
-        f'aria-label="{_escape(label)}">'
-    )
-
-
-_SVG_DEFS = """<defs>
-<marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="3.2"
- markerHeight="3.2" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z"
- class="arrowhead"/></marker>
-</defs>"""
-
-
-def _segment_lines(
-    topology: Topology, positions: dict[str, tuple[float, float]]
-) -> list[str]:
-    lines = []
-    for link in topology.links:
-        lines.append(
-            _line(
-                positions[link.a],
-                positions[link.b],
-                "link",
-                f"{link.name}: {link.impairment.delay * 1000:g} ms",
-            )
-        )
-    for lan in topology.lans:
-        for member in lan.hosts + lan.routers:
-            if member != lan.dr:
-                lines.append(
-                    _line(
-                        positions[member],
-                        positions[lan.dr],
-                        "lan",
-                        f"{lan.name} (DR {lan.dr})",
-                    )
-                )
-    return lines
-
-
-def _line(
-    a: tuple[float, float],
-    b: tuple[float, float],
-    css: str,
-    title: str,
-    trim: float = 0.0,
-) -> str:
-    (x1, y1), (x2, y2) = a, b
-    length = math.hypot(x2 - x1, y2 - y1)
-    if trim and length > 2 * trim:
-        # stop short of both nodes so that the arrowhead stays visible
-        dx, dy = (x2 - x1) / length * trim, (y2 - y1) / length * trim
-        x1, y1, x2, y2 = x1 + dx, y1 + dy, x2 - dx, y2 - dy
-    return (
-        f'<line class="{css}" x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" '
-        f'y2="{y2:.1f}"><title>{_escape(title)}</title></line>'
-    )
-
-
-def _tree_edges(tree: Tree, positions: dict[str, tuple[float, float]]) -> list[str]:
-    edges = []
-    for child, parent in sorted(tree.parents.items()):
-        if child in positions and parent in positions:
-            edges.append(
-                _line(
-                    positions[child],
-                    positions[parent],
-                    "tree-edge",
-                    f"{child} joined through {parent}",
-                    trim=NODE_RADIUS + 3,
-                )
-            )
-    return edges
-
-
-def _node_shape(
-    name: str,
-    role: str,
-    position: tuple[float, float],
-    trees: list[Tree],
-    status: dict[str, Any],
-) -> str:
-    x, y = position
-    classes = ["node", f"role-{role}"]
-    marks = []
-    for tree in trees:
-        if name in tree.gkdcs:
-            marks.append(f"gkdc-{tree.group}")
-        if name in tree.denied:
-            marks.append(f"denied-{tree.group}")
-        if role == "host" and name in tree.parents:
-            marks.append(f"member-{tree.group}")
-    data_marks = " ".join(marks)
-    shape = _SHAPES.get(role, _SHAPES["router"]).format(r=NODE_RADIUS)
-    title = _node_title(name, role, status)
-    return (
-        f'<g class="{" ".join(classes)}" data-node="{_escape(name)}" '
-        f'data-marks="{_escape(data_marks)}" transform="translate({x:.1f},{y:.1f})">'
-        f'{shape}<text y="{NODE_RADIUS + 13}">{_escape(name)}</text>'
-        f"<title>{_escape(title)}</title></g>"
-    )
-
-
-_SHAPES = {
-    "router": '<circle r="{r}"/>',
-    "core": '<circle r="{r}"/><circle class="ring" r="5"/>',
-    "host": '<rect x="-8" y="-8" width="16" height="16" rx="3"/>',
-    "initiator": '<polygon points="0,-12 12,0 0,12 -12,0"/>',
-}
-
-
-def _node_title(name: str, role: str, status: dict[str, Any]) -> str:
-    lines = [f"{name} ({role})"]
-    for counter, value in sorted(status.get("counters", {}).items()):
-        lines.append(f"{counter}: {value}")
-    if "error" in status:
-        lines.append(f"status: {status['error']}")
-    return "\n".join(lines)
-
-
-def render_joins(run: RunData) -> str:
-    """Chart each host's join as a bar from the join action to key or denial."""
-    rows = _join_rows(run)
-    if not rows:
-        return "<p>No joins in this run.</p>"
-    end = max(finish for _, _, _, finish, _ in rows) or 1.0
-    scale = (WIDTH - 260) / max(end, 1e-3)
-    height = 22 * len(rows) + 30
-    parts = [_svg_open("joins", height, "join latency per host")]
-    for index, (host, group, start, finish, outcome) in enumerate(rows):
-        y = 10 + 22 * index
-        width = max((finish - start) * scale, 2.0)
-        label = f"{host} {group}: {outcome} after {(finish - start) * 1000:.0f} ms"
-        parts.append(
-            f'<text class="label" x="170" y="{y + 13}">{_escape(host)}</text>'
-            f'<rect class="bar {outcome}" x="{180 + start * scale:.1f}" y="{y}" '
-            f'width="{width:.1f}" height="16"><title>{_escape(label)}</title></rect>'
-            f'<text class="value" x="{186 + start * scale + width:.1f}" y="{y + 13}">'
-            f"{(finish - start) * 1000:.0f} ms</text>"
-        )
-    parts.append(
-        f'<text class="axis" x="180" y="{height - 4}">0 s = topology ready; '
-        f"right edge = {end:.2f} s</text></svg>"
-    )
-    return "\n".join(parts)
+    return "".join(f"<td>{escape(value)}</td>" for value in values)
 
 
 def _join_rows(run: RunData) -> list[tuple[str, str, float, float, str]]:
@@ -499,7 +177,7 @@ def render_timeline(run: RunData) -> str:
         )
         node = event.get("node", "")
         rows.append(
-            f'<tr class="{_event_class(name)}" data-node="{_escape(node)}">'
+            f'<tr class="{_event_class(name)}" data-node="{escape(node)}">'
             f'<td class="num">{event["t"] - origin:.3f}</td>'
             f"{_cells(node, name, details)}</tr>"
         )
@@ -532,18 +210,18 @@ def render_counts(run: RunData) -> str:
     counters = sorted(
         {c for status in nodes.values() for c in status.get("counters", {})}
     )
-    head = "".join(f"<th>{_escape(c)}</th>" for c in counters)
+    head = "".join(f"<th>{escape(c)}</th>" for c in counters)
     rows = []
     for name, status in nodes.items():
         node = run.scenario.topology.nodes.get(name)
         role = status.get("role") or (node.role if node is not None else "")
         cells = "".join(
-            f'<td class="num">{_escape(status.get("counters", {}).get(c, ""))}</td>'
+            f'<td class="num">{escape(status.get("counters", {}).get(c, ""))}</td>'
             for c in counters
         )
-        note = _escape(status.get("error", ""))
+        note = escape(status.get("error", ""))
         rows.append(
-            f"<tr><td>{_escape(name)}</td><td>{_escape(role)}</td>"
+            f"<tr><td>{escape(name)}</td><td>{escape(role)}</td>"
             f"{cells}<td>{note}</td></tr>"
         )
     return (
@@ -562,25 +240,27 @@ def render_report(run: RunData) -> str:
     passed = summary.get("passed")
     verdict = {True: "PASSED", False: "FAILED"}.get(passed, "NOT CHECKED")
     options = "".join(
-        f'<option value="{_escape(g)}">{_escape(g)}</option>' for g in groups
+        f'<option value="{escape(g)}">{escape(g)}</option>' for g in groups
     )
     tree_notes = "".join(_tree_note(tree) for tree in trees)
     return _PAGE.format(
-        title=_escape(f"smkd run: {scenario.name}"),
+        title=escape(f"smkd run: {scenario.name}"),
         style=_STYLE,
         script=_SCRIPT,
-        name=_escape(scenario.name),
-        description=_escape(scenario.description),
+        name=escape(scenario.name),
+        description=escape(scenario.description),
         verdict=verdict,
         verdict_class="pass" if passed else "fail",
         seconds=summary.get("seconds", 0.0),
-        backend=_escape(summary.get("backend", "")),
-        run_dir=_escape(run.run_dir),
-        topology_source=_escape(scenario.topology.source),
+        backend=escape(summary.get("backend", "")),
+        run_dir=escape(run.run_dir),
+        topology_source=escape(scenario.topology.source),
         options=options,
-        topology=render_topology(run, trees),
+        topology=render_topology(
+            scenario.topology, scenario.seed, trees, summary.get("nodes", {})
+        ),
         tree_notes=tree_notes,
-        joins=render_joins(run),
+        joins=render_joins(_join_rows(run)),
         expectations=render_expectations(run),
         timeline=render_timeline(run),
         counts=render_counts(run),
@@ -590,11 +270,11 @@ def render_report(run: RunData) -> str:
 def _tree_note(tree: Tree) -> str:
     members = sorted(child for child in tree.parents)
     return (
-        f'<p class="tree-note" data-group="{_escape(tree.group)}">Group '
-        f"{_escape(tree.group)}: {len(tree.parents)} tree edges; GKDCs "
-        f"{_escape(', '.join(sorted(tree.gkdcs)) or 'none')}; denied "
-        f"{_escape(', '.join(sorted(tree.denied)) or 'none')}; on the tree "
-        f"{_escape(', '.join(members) or 'nobody')}.</p>"
+        f'<p class="tree-note" data-group="{escape(tree.group)}">Group '
+        f"{escape(tree.group)}: {len(tree.parents)} tree edges; GKDCs "
+        f"{escape(', '.join(sorted(tree.gkdcs)) or 'none')}; denied "
+        f"{escape(', '.join(sorted(tree.denied)) or 'none')}; on the tree "
+        f"{escape(', '.join(members) or 'nobody')}.</p>"
     )
 
 
@@ -624,7 +304,11 @@ def run_report(args: argparse.Namespace) -> int:
         summary = json.loads(summary_path.read_text())
         scenario = load_scenario(summary["source"])
     except (OSError, ValueError, KeyError) as error:
-        print(f"smkd report: cannot read {summary_path}: {error}", file=sys.stderr)
+        print(
+            f"smkd report: cannot read {summary_path}: {error}; "
+            "pass a run directory written by smkd run",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
     except ValidationError as error:
         print(

@@ -15,16 +15,8 @@ from backend_support import require
 
 from smkd import cli
 from smkd.model import load_scenario
-from smkd.report import (
-    HEIGHT,
-    REPORT_NAME,
-    WIDTH,
-    _widest_gap,
-    delivery_tree,
-    layout,
-    load_run,
-    render_report,
-)
+from smkd.report import REPORT_NAME, delivery_tree, load_run, render_report
+from smkd.report_svg import HEIGHT, WIDTH, _widest_gap, layout
 from smkd.runner import RunResult, print_summary, run_scenario
 
 REPO = Path(__file__).resolve().parent.parent
