@@ -162,8 +162,10 @@ class DockerBackend(Backend):
 
     async def start(self) -> None:
         remove_stale_resources(self.client)
-        for segment in [*self.topology.links, *self.topology.lans]:
-            self.networks[segment.name] = self._create_network(segment.name)
+        segments = [segment.name for segment in [*self.topology.links,
+                                                 *self.topology.lans]]
+        self.networks = dict(zip(segments, self._parallel(self._create_network,
+                                                          segments)))
         created = self._parallel(self._create_container, self.configs)
         self.containers = dict(zip(self.configs, created))
         self._parallel(lambda name: self.containers[name].start(), self.containers)
@@ -457,22 +459,23 @@ def owner_label() -> str:
 
 def remove_resources(client: Any, label: str) -> None:
     """Remove every container, then every network, that carries ``label``."""
+    containers = client.containers.list(all=True, filters={"label": label})
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(lambda c: _remove(c, "container", force=True), containers))
+    networks = client.networks.list(filters={"label": label})
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(lambda n: _remove(n, "network"), networks))
+
+
+def _remove(resource: Any, kind: str, **options: Any) -> None:
     import docker
 
-    for container in client.containers.list(all=True, filters={"label": label}):
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as error:
-            log.warning("docker: cannot remove container %s: %s", container.name, error)
-    for network in client.networks.list(filters={"label": label}):
-        try:
-            network.remove()
-        except docker.errors.NotFound:
-            pass
-        except docker.errors.APIError as error:
-            log.warning("docker: cannot remove network %s: %s", network.name, error)
+    try:
+        resource.remove(**options)
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as error:
+        log.warning("docker: cannot remove %s %s: %s", kind, resource.name, error)
 
 
 def remove_stale_resources(client: Any) -> None:
