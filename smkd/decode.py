@@ -20,7 +20,7 @@ import importlib.resources
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,10 @@ from node.documents import HostToken, SignedAcl, Token
 from node.errors import MalformedMessage
 from node.messages import (
     CBT_PORT,
+    AckCode,
     AclAccept,
     AclUpload,
+    HelloBody,
     JoinAck,
     JoinCode,
     JoinNack,
@@ -45,6 +47,7 @@ from node.messages import (
     SealedAcl,
     SealedBundle,
     Signature,
+    SignedLsa,
     decode_message,
 )
 from node.messages import Path as RouterPath
@@ -171,9 +174,9 @@ def receiver_of(captured: CapturedMessage, names: dict[str, str]) -> str:
 def notation(message: Message) -> str:
     """Write ``message`` in RFC 1949's notation, without the ``A --> B:`` part.
 
-    Reports and key deliveries are written as RFC 1949 section 6.2 writes
-    them, without the signature that smkd adds to every datagram; the
-    fields view shows it.
+    Reports and key deliveries appear as RFC 1949 section 6.2 writes them,
+    without the signature that smkd adds to every datagram. The fields view
+    shows that signature.
     """
     signer = message.signature.signer if message.signature is not None else "?"
     if isinstance(message, MembershipReport):
@@ -189,7 +192,7 @@ def notation(message: Message) -> str:
 def _signed_parts(message: Message) -> list[str]:
     """Return the parts of a signed router message, in the RFC's order."""
     name = _type_name(message)
-    if isinstance(message, JoinAck):
+    if isinstance(message, JoinAck) and message.host_bundle is not None:
         # the RFC folds the sender's token into the group access package
         return [_host_token(message.host_token), "grpAP", name]
 
@@ -197,8 +200,16 @@ def _signed_parts(message: Message) -> list[str]:
     host_token = getattr(message, "host_token", None)
     if host_token is not None:
         parts.append(_host_token(host_token))
+    if isinstance(message, JoinAck):
+        # an ack to a router's re-join has no host, so no key pair for one
+        parts.append(f"[ACL]^SK_{message.acl.acl.initiator}")
+        if message.hop_bundle is not None:
+            parts.append(f"{{grpKey, KEK, Sparams}}^PK_{message.hop_bundle.recipient}")
     if isinstance(message, AclUpload):
         parts.append(_acl_upload_part(message))
+    lsa = getattr(message, "lsa", None)
+    if lsa is not None:
+        parts.append(f"[LSA]^SK_{lsa.lsa.origin}")
     rejected = isinstance(message, (JoinNack, AclAccept)) and (
         message.reason.code is not ReasonCode.ACCEPTED
     )
@@ -240,6 +251,8 @@ def _type_name(message: Message) -> str:
         return name
     if message.header.type is MessageType.JOIN_REQUEST:
         return f"{name} ({_code_name(JoinCode, code)})"
+    if message.header.type is MessageType.JOIN_ACK:
+        return f"{name} ({_code_name(AckCode, code)})"
     return f"{name} (code {code})"
 
 
@@ -298,37 +311,62 @@ def _tlv_values(message: Message) -> list[Any]:
 
 def _describe(value: Any) -> str:
     """Describe one TLV value; ciphertext appears only as its size."""
-    if isinstance(value, Token):
-        return (
-            f"token_{value.sender}: [t {_utc_ms(value.timestamp_ms)}, "
-            f"r {value.nonce.hex()}, {value.recipient}]"
-        )
-    if isinstance(value, HostToken):
-        return (
-            f"token_{value.host}: [t {_utc_ms(value.timestamp_ms)}, "
-            f"r {value.nonce.hex()}, group {value.group}]^SK_{value.host}, "
-            f"suite {value.suite}, signature {len(value.signature)} bytes"
-        )
-    if isinstance(value, SignedAcl):
-        return _describe_acl(value)
-    if isinstance(value, SealedBundle):
-        return (
-            f"{{grpKey, KEK, Sparams}}^PK_{value.recipient}: "
-            f"{len(value.sealed)} bytes sealed"
-        )
-    if isinstance(value, RouterPath):
-        return f"path: {' > '.join(value.routers)}"
-    if isinstance(value, Reason):
-        text = f": {value.text}" if value.text else ""
-        return f"reason: {value.code.name}{text}"
-    if isinstance(value, SealedAcl):
-        return f"{{[ACL]}}^PK_core: {len(value.sealed)} bytes sealed"
-    if isinstance(value, Signature):
-        return (
-            f"signature: SK_{value.signer}, suite {value.suite}, "
-            f"{len(value.value)} bytes"
-        )
-    return f"{type(value).__name__}: {value!r}"
+    describe = _DESCRIBERS.get(type(value))
+    if describe is None:
+        return f"{type(value).__name__}: {value!r}"
+    return describe(value)
+
+
+def _describe_token(token: Token) -> str:
+    return (
+        f"token_{token.sender}: [t {_utc_ms(token.timestamp_ms)}, "
+        f"r {token.nonce.hex()}, {token.recipient}]"
+    )
+
+
+def _describe_host_token(token: HostToken) -> str:
+    return (
+        f"token_{token.host}: [t {_utc_ms(token.timestamp_ms)}, "
+        f"r {token.nonce.hex()}, group {token.group}]^SK_{token.host}, "
+        f"suite {token.suite}, signature {len(token.signature)} bytes"
+    )
+
+
+def _describe_bundle(bundle: SealedBundle) -> str:
+    return (
+        f"{{grpKey, KEK, Sparams}}^PK_{bundle.recipient}: "
+        f"{len(bundle.sealed)} bytes sealed"
+    )
+
+
+def _describe_reason(reason: Reason) -> str:
+    text = f": {reason.text}" if reason.text else ""
+    return f"reason: {reason.code.name}{text}"
+
+
+def _describe_signature(signature: Signature) -> str:
+    return (
+        f"signature: SK_{signature.signer}, suite {signature.suite}, "
+        f"{len(signature.value)} bytes"
+    )
+
+
+def _describe_hello(hello: HelloBody) -> str:
+    summary = ", ".join(f"{origin} {sequence}" for origin, sequence in hello.summary)
+    return (
+        f"hello: heard {', '.join(hello.heard) or 'nobody'}; "
+        f"LSA summary {summary or 'empty'}"
+    )
+
+
+def _describe_lsa(signed: SignedLsa) -> str:
+    lsa = signed.lsa
+    links = ", ".join(f"{neighbour} cost {cost}" for neighbour, cost in lsa.links)
+    return (
+        f"[LSA]^SK_{lsa.origin}: address {lsa.address}, sequence {lsa.sequence}, "
+        f"links {links or 'none'}; body {len(signed.body)} bytes, "
+        f"signature {len(signed.signature)} bytes"
+    )
 
 
 def _describe_acl(signed: SignedAcl) -> str:
@@ -347,6 +385,20 @@ def _describe_acl(signed: SignedAcl) -> str:
         f"body {len(signed.body)} bytes, "
         f"signature {len(signed.signature)} bytes"
     )
+
+
+_DESCRIBERS: dict[type, Callable[[Any], str]] = {
+    Token: _describe_token,
+    HostToken: _describe_host_token,
+    SignedAcl: _describe_acl,
+    SealedAcl: lambda sealed: f"{{[ACL]}}^PK_core: {len(sealed.sealed)} bytes sealed",
+    SealedBundle: _describe_bundle,
+    RouterPath: lambda path: f"path: {' > '.join(path.routers)}",
+    Reason: _describe_reason,
+    HelloBody: _describe_hello,
+    SignedLsa: _describe_lsa,
+    Signature: _describe_signature,
+}
 
 
 def _utc(seconds: float) -> str:

@@ -14,14 +14,20 @@ from pathlib import Path
 from node.capture import PcapWriter
 from node.documents import AclMode, GroupAcl, HostToken, SignedAcl, Token
 from node.messages import (
+    NO_GROUP,
+    AckCode,
     AclAccept,
     AclUpload,
     ControlHeader,
+    Hello,
+    HelloBody,
     JoinAck,
     JoinCode,
     JoinNack,
     JoinRequest,
     KeyDelivery,
+    LinkStateUpdate,
+    Lsa,
     MembershipReport,
     Message,
     MessageType,
@@ -31,6 +37,7 @@ from node.messages import (
     SealedAcl,
     SealedBundle,
     Signature,
+    SignedLsa,
     TreeMessage,
     sign_message,
 )
@@ -91,103 +98,86 @@ def signed_acl() -> SignedAcl:
     return SignedAcl.create(acl, b"\x22" * 64)
 
 
+def routing_header(message_type: MessageType) -> ControlHeader:
+    # routing messages belong to no group and carry no core list
+    return ControlHeader(message_type, NO_GROUP, origin=ADDRESSES["A"])
+
+
+def signed_lsa() -> SignedLsa:
+    lsa = Lsa("C", ADDRESSES["C"], TIME_MS + 3, (("A", 5), ("B", 12)))
+    return SignedLsa.create(lsa, b"\x77" * 64)
+
+
 def sign(message: Message, signer: str) -> bytes:
     return sign_message(message.encode_unsigned(), Signature(signer, 1, b"\x33" * 64))
 
 
 def sample_messages() -> list[tuple[str, str, bytes]]:
-    """Return (sender, receiver, datagram) for every message type smkd sends."""
+    """Return (sender, receiver, datagram) for every message type smkd sends.
+
+    Each datagram is signed by its sender.
+    """
     bundle_h = SealedBundle("h", b"\x44" * 80)
     bundle_b = SealedBundle("B", b"\x55" * 81)
-    samples = [
-        (
-            "h",
-            "A",
-            sign(
-                MembershipReport(
-                    header(MessageType.MEMBERSHIP_REPORT, ReportCode.LEAVE),
-                    host_token(),
-                ),
-                "h",
-            ),
-        ),
+    report = header(MessageType.MEMBERSHIP_REPORT, ReportCode.LEAVE)
+    rejoin = header(MessageType.JOIN_REQUEST, JoinCode.REJOIN)
+    nack_reason = Reason(ReasonCode.NOT_ON_ACL, "h is not admitted")
+    messages: list[tuple[str, str, Message]] = [
+        ("h", "A", MembershipReport(report, host_token())),
         (
             "A",
             "B",
-            sign(
-                JoinRequest(
-                    header(MessageType.JOIN_REQUEST, JoinCode.REJOIN),
-                    token("A", "B"),
-                    host_token(),
-                    RouterPath(("A", "B")),
-                ),
-                "A",
+            JoinRequest(rejoin, token("A", "B"), host_token(), RouterPath(("A", "B"))),
+        ),
+        (
+            "C",
+            "B",
+            JoinAck(
+                header(MessageType.JOIN_ACK),
+                token("C", "B"),
+                host_token(),
+                signed_acl(),
+                bundle_h,
+                bundle_b,
             ),
         ),
         (
             "C",
             "B",
-            sign(
-                JoinAck(
-                    header(MessageType.JOIN_ACK),
-                    token("C", "B"),
-                    host_token(),
-                    signed_acl(),
-                    bundle_h,
-                    bundle_b,
-                ),
-                "C",
-            ),
-        ),
-        (
-            "C",
-            "B",
-            sign(
-                JoinNack(
-                    header(MessageType.JOIN_NACK),
-                    token("C", "B"),
-                    host_token(),
-                    Reason(ReasonCode.NOT_ON_ACL, "h is not admitted"),
-                ),
-                "C",
+            JoinNack(
+                header(MessageType.JOIN_NACK),
+                token("C", "B"),
+                host_token(),
+                nack_reason,
             ),
         ),
         (
             "A",
             "h",
-            sign(
-                KeyDelivery(
-                    header(MessageType.KEY_DELIVERY),
-                    token("A", "h"),
-                    host_token(),
-                    signed_acl(),
-                    bundle_h,
-                ),
-                "A",
+            KeyDelivery(
+                header(MessageType.KEY_DELIVERY),
+                token("A", "h"),
+                host_token(),
+                signed_acl(),
+                bundle_h,
             ),
         ),
         (
             "init",
             "C",
-            sign(
-                AclUpload(
-                    header(MessageType.ACL_UPLOAD),
-                    token("init", "C"),
-                    sealed_acl=SealedAcl(b"\x66" * 120),
-                ),
-                "init",
+            AclUpload(
+                header(MessageType.ACL_UPLOAD),
+                token("init", "C"),
+                sealed_acl=SealedAcl(b"\x66" * 120),
             ),
         ),
         (
             "C",
             "init",
-            sign(
-                AclAccept(
-                    header(MessageType.ACL_ACCEPT),
-                    token("C", "init"),
-                    Reason(ReasonCode.OLDER_ACL),
-                ),
-                "C",
+            AclAccept(
+                header(MessageType.ACL_ACCEPT),
+                token("C", "init"),
+                Reason(ReasonCode.OLDER_ACL),
             ),
         ),
     ]
@@ -199,9 +189,40 @@ def sample_messages() -> list[tuple[str, str, bytes]]:
         MessageType.ECHO_REPLY,
     )
     for tree_type in tree_types:
-        message = TreeMessage(header(tree_type), token("A", "B"))
-        samples.append(("A", "B", sign(message, "A")))
-    return samples
+        messages.append(("A", "B", TreeMessage(header(tree_type), token("A", "B"))))
+
+    # the answer to a router's re-join has no host to deliver keys to
+    primary_rejoin = header(MessageType.JOIN_ACK, AckCode.PRIMARY_REJOIN)
+    messages.append(
+        (
+            "C",
+            "B",
+            JoinAck(
+                primary_rejoin,
+                token("C", "B"),
+                host_token(),
+                signed_acl(),
+                hop_bundle=bundle_b,
+            ),
+        )
+    )
+    hello = HelloBody(("B", "C"), (("B", TIME_MS + 1), ("C", TIME_MS + 2)))
+    messages.append(
+        ("A", "B", Hello(routing_header(MessageType.HELLO), token("A", "B"), hello))
+    )
+    messages.append(
+        (
+            "A",
+            "B",
+            LinkStateUpdate(
+                routing_header(MessageType.LINK_STATE), token("A", "B"), signed_lsa()
+            ),
+        )
+    )
+    return [
+        (sender, receiver, sign(message, sender))
+        for sender, receiver, message in messages
+    ]
 
 
 def addressed(samples: list[tuple[str, str, bytes]]) -> list[Datagram]:

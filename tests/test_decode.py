@@ -6,7 +6,13 @@ import re
 from pathlib import Path
 
 import pytest
-from capture_samples import ADDRESSES, addressed, sample_messages, write_datagrams
+from capture_samples import (
+    ADDRESSES,
+    addressed,
+    sample_messages,
+    signed_lsa,
+    write_datagrams,
+)
 
 from node.capture import PcapWriter, read_pcap
 from node.messages import decode_message
@@ -147,6 +153,12 @@ def test_notation_every_sample():
         "[[token_A], FLUSH-TREE]^SK_A",
         "[[token_A], ECHO-REQUEST]^SK_A",
         "[[token_A], ECHO-REPLY]^SK_A",
+        (
+            "[[token_C], [token_h]^SK_h, [ACL]^SK_init, {grpKey, KEK, Sparams}^PK_B, "
+            "JOIN-ACK (primary-rejoin)]^SK_C"
+        ),
+        "[[token_A], HELLO]^SK_A",
+        "[[token_A], [LSA]^SK_C, LINK-STATE]^SK_A",
     ]
 
     written = [
@@ -274,3 +286,17 @@ def test_read_captures_matches_read_pcap(figure1_run):
 
     assert len(messages) == sum(len(read_pcap(p)) for p in captures)
     assert all(m.message is not None for m in messages)
+
+
+def test_fields_of_routing_messages(tmp_path, capsys):
+    pcap = tmp_path / "samples.pcap"
+    write_datagrams(pcap, addressed(sample_messages()))
+
+    output = [line.strip() for line in decode_output(capsys, "--fields", str(pcap))]
+
+    assert "hello: heard B, C; LSA summary B 1800000000124, C 1800000000125" in output
+    body = len(signed_lsa().body)
+    assert (
+        "[LSA]^SK_C: address 127.9.0.4, sequence 1800000000126, links A cost 5, "
+        f"B cost 12; body {body} bytes, signature 64 bytes"
+    ) in output
