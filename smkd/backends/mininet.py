@@ -70,11 +70,19 @@ INSTALL_HINT = (
 # each LAN's bridge has this name inside the LAN's own namespace
 BRIDGE = "br0"
 
+# the testbed is IPv4 only, and without IPv6 no neighbour discovery or MLD
+# report appears in the captures
+DISABLE_IPV6 = ("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
+                "net.ipv6.conf.default.disable_ipv6=1")
+
 # with a jumbo MTU (veth allows up to 65535) every datagram crosses a link
 # unfragmented, so the pcaps hold whole datagrams, as the local backend's do
 LINK_MTU = 65000
 
+# an agent needs about 0.25 s of CPU to start (Python 3.11 importing node.agent
+# on a 2-core VM), so a large topology on few cores gets more time
 AGENT_START_TIMEOUT = 15.0
+AGENT_START_TIMEOUT_PER_AGENT = 0.25
 CAPTURE_START_TIMEOUT = 5.0
 STOP_TIMEOUT = 5.0
 
@@ -103,8 +111,12 @@ class Route:
     via: str
     source: str
 
+    def batch_line(self) -> str:
+        """Return the route as a line for ``ip -batch``."""
+        return f"route replace {self.subnet} via {self.via} src {self.source}"
+
     def command(self) -> str:
-        return f"ip route replace {self.subnet} via {self.via} src {self.source}"
+        return f"ip {self.batch_line()}"
 
 
 @dataclass(frozen=True)
@@ -310,6 +322,15 @@ def link_emulation() -> str:
             "htb in the kernel (bandwidth)")
 
 
+def ip_batch(lines: list[str]) -> str:
+    """Return a shell command that runs ``ip`` commands in one process.
+
+    One ``ip`` process per route made a topology of a hundred nodes take many
+    seconds to configure.
+    """
+    return "ip -batch - <<'END'\n" + "\n".join(lines) + "\nEND"
+
+
 def _die_with_parent() -> None:
     # runs in the child before exec: agents and tcpdump must not outlive the
     # backend, even when it is killed
@@ -378,8 +399,11 @@ class MininetBackend(Backend):
     # lifecycle
 
     async def start(self) -> None:
-        # smkd's networks are small, so Mininet's host-wide tuning of sysctls
-        # and limits is skipped and the machine's settings stay unchanged
+        # Mininet's host-wide tuning of sysctls and limits is skipped, so the
+        # machine's settings stay unchanged.
+        # NOTE: all namespaces share one ARP table, limited by
+        # net.ipv4.neigh.default.gc_thresh3 (1024 by default), which may cap
+        # topologies at about 500 links.
         Mininet.inited = True
         atexit.register(self.stop_now)
         self.net = Mininet(topo=SmkdTopo(self.plan), controller=None, build=False)
@@ -461,7 +485,8 @@ class MininetBackend(Backend):
 
     async def wait_for_agents(self, names: list[str]) -> None:
         """Wait until every named agent responds to ``status`` on its control socket."""
-        deadline = time.monotonic() + AGENT_START_TIMEOUT
+        timeout = AGENT_START_TIMEOUT + AGENT_START_TIMEOUT_PER_AGENT * len(names)
+        deadline = time.monotonic() + timeout
         waiting = list(names)
         while waiting:
             _raise_if_cancelled()
@@ -474,7 +499,7 @@ class MininetBackend(Backend):
                 waiting.remove(name)
             if waiting and time.monotonic() > deadline:
                 raise ConfigError(
-                    f"timed out after {AGENT_START_TIMEOUT:g} s waiting for agents "
+                    f"timed out after {timeout:g} s waiting for agents "
                     f"{', '.join(waiting)} to respond. See {self.run_dir / 'logs'}"
                 )
             await asyncio.sleep(0.05)
@@ -508,14 +533,17 @@ class MininetBackend(Backend):
 
     def _set_state(self, segment: Link | Lan, up: bool) -> None:
         state = "up" if up else "down"
+        by_node: dict[str, list[str]] = {}
         for interface in self.plan.segment_interfaces(segment.name):
-            self._run(interface.node, f"ip link set dev {interface.name} {state}")
-        if not up:
-            return
-        # Linux drops the routes through an interface that goes down
-        for member in segment_members(segment):
-            for route in self.plan.routes[member]:
-                self._run(member, route.command())
+            command = f"ip link set dev {interface.name} {state}"
+            by_node.setdefault(interface.node, []).append(command)
+        if up:
+            # Linux deletes the routes through an interface that goes down
+            for member in segment_members(segment):
+                routes = [route.batch_line() for route in self.plan.routes[member]]
+                by_node[member].append(ip_batch(routes))
+        for name, commands in by_node.items():
+            self._run(name, commands)
 
     async def _tell_agents(self, segment: Link | Lan, impairment: Impairment) -> None:
         # the agents emulate delay, jitter and loss, and htb goes on shaping
@@ -536,39 +564,52 @@ class MininetBackend(Backend):
 
     def _configure_node(self, name: str) -> None:
         role = self.topology.nodes[name].role
-        forward = 1 if role in ROUTER_ROLES else 0
-        self._run(name, "sysctl -qw net.ipv4.conf.all.rp_filter=0 "
-                        f"net.ipv4.ip_forward={forward}")
-        self._disable_ipv6(name)
-        for interface in self.plan.interfaces[name]:
-            self._run(name, f"ip link set dev {interface.name} mtu {LINK_MTU}")
-            self._run(name, f"sysctl -qw net.ipv4.conf.{interface.name}.rp_filter=0")
-            self._shape(interface, self.impairments[interface.segment])
-        for route in self.plan.routes[name]:
-            self._run(name, route.command())
+        interfaces = self.plan.interfaces[name]
+        settings = [
+            "net.ipv4.conf.all.rp_filter=0",
+            *(f"net.ipv4.conf.{i.name}.rp_filter=0" for i in interfaces),
+            f"net.ipv4.ip_forward={1 if role in ROUTER_ROLES else 0}",
+        ]
+        links = [f"link set dev {i.name} mtu {LINK_MTU}" for i in interfaces]
+        routes = [route.batch_line() for route in self.plan.routes[name]]
+        commands = [DISABLE_IPV6, f"sysctl -qw {' '.join(settings)}",
+                    ip_batch(links + routes)]
+        for interface in interfaces:
+            commands += self._shaping(interface, self.impairments[interface.segment])
+        self._run(name, commands)
 
     def _configure_bridge(self, bridge: str) -> None:
-        self._disable_ipv6(bridge)
-        for interface in self.net[bridge].intfList():
-            self._run(bridge, f"ip link set dev {interface.name} mtu {LINK_MTU}")
-        self._run(bridge, f"ip link set dev {BRIDGE} mtu {LINK_MTU}")
-
-    def _disable_ipv6(self, name: str) -> None:
-        # the testbed is IPv4 only, and without IPv6 no neighbour discovery or
-        # MLD report appears in the captures
-        self._run(name, "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 "
-                        "net.ipv6.conf.default.disable_ipv6=1")
+        ports = [i.name for i in self.net[bridge].intfList() if i.name != "lo"]
+        links = [f"link set dev {name} mtu {LINK_MTU}" for name in [*ports, BRIDGE]]
+        self._run(bridge, [DISABLE_IPV6, ip_batch(links)])
 
     def _shape(self, interface: Interface, impairment: Impairment) -> None:
-        # deleting fails harmlessly when only the default qdisc is there
-        self.net[interface.node].cmd(f"tc qdisc del dev {interface.name} root")
-        for command in qdisc_commands(interface.name, impairment, self.netem):
-            self._run(interface.node, command)
+        self._run(interface.node, self._shaping(interface, impairment))
 
-    def _run(self, name: str, command: str) -> None:
-        output = self.net[name].cmd(command).strip()
-        if output:
-            raise ConfigError(f"{name}: '{command}' failed: {output}")
+    def _shaping(self, interface: Interface, impairment: Impairment) -> list[str]:
+        # deleting fails harmlessly where only the default qdisc is
+        remove = f"{{ tc qdisc del dev {interface.name} root 2>/dev/null || true; }}"
+        return [remove, *qdisc_commands(interface.name, impairment, self.netem)]
+
+    def _run(self, name: str, commands: list[str]) -> None:
+        """Run shell commands in a node's namespace, stopping at the first failure.
+
+        One process runs them all, to save a round trip through Mininet's
+        shell per command. The exit status decides, because tc also prints
+        warnings on success.
+        """
+        # -x traces each command to stderr, so the last trace names the failure
+        script = "set -ex\n" + "\n".join(commands)
+        process = self.net[name].popen(["sh", "-c", script], stdin=subprocess.DEVNULL,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output = process.communicate()[0].decode(errors="replace").splitlines()
+        if process.returncode == 0:
+            return
+        traced = [line[2:] for line in output if line.startswith("+ ")]
+        failed = traced[-1] if traced else "the first command"
+        messages = [line for line in output if not line.startswith("+ ")]
+        raise ConfigError(f"{name}: '{failed}' failed with status "
+                          f"{process.returncode}: {' '.join(messages) or 'no output'}")
 
     # captures
 
