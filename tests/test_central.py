@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 from harness import (
-    GROUP_ADDRESS, Delivery, Network, Spec, build, figure1_spec, make_acl,
+    GROUP_ADDRESS,
+    Delivery,
+    Network,
+    Spec,
+    build,
+    figure1_spec,
+    make_acl,
 )
 
 from node.config import load_agent_config
