@@ -30,7 +30,20 @@ if TYPE_CHECKING:
 REPORT_NAME = "report.html"
 EXIT_INVALID = 2
 
-TREE_EVENTS = ("on_tree", "key_installed", "key_erased", "denied", "join_denied")
+# a router's own events that attach it to a parent or detach it
+ATTACH_EVENTS = ("on_tree", "rejoined")
+DETACH_EVENTS = ("parent_lost", "pruned", "flush_received", "acting_root")
+# a parent's events about a child router or member host that went away
+GONE_EVENTS = ("child_quit", "child_expired", "member_left", "member_expired")
+DENIAL_EVENTS = ("denied", "join_denied")
+TREE_EVENTS = (
+    *ATTACH_EVENTS,
+    *DETACH_EVENTS,
+    *GONE_EVENTS,
+    *DENIAL_EVENTS,
+    "key_installed",
+    "key_erased",
+)
 GKDC_EVENTS = ("became_gkdc", "keys_created")
 KEY_EVENTS = ("key_installed", "became_gkdc", "keys_updated", "keys_created")
 PROBLEM_EVENTS = (
@@ -92,22 +105,34 @@ def delivery_tree(events: Iterable[dict[str, Any]], group: str) -> Tree:
     """Follow the trace events of ``group`` to its tree at the end of the run."""
     tree = Tree(group)
     for event in events:
-        if event.get("group") != group:
-            continue
-        name, node = event["event"], event.get("node", "")
-        if name == "on_tree":
-            tree.parents[node] = event["parent"]
-        elif name == "key_installed":
-            tree.parents[node] = event.get("peer", "")
-            tree.denied.discard(node)
-        elif name == "key_erased":
-            tree.parents.pop(node, None)
-        elif name in ("denied", "join_denied") and "host" in event:
-            if event["host"] not in tree.parents:
-                tree.denied.add(event["host"])
-        elif name in GKDC_EVENTS:
-            tree.gkdcs.add(node)
+        if event.get("group") == group:
+            _apply_tree_event(tree, event)
     return tree
+
+
+def _apply_tree_event(tree: Tree, event: dict[str, Any]) -> None:
+    name, node = event["event"], event.get("node", "")
+    if name in ATTACH_EVENTS and event.get("parent"):
+        tree.parents[node] = event["parent"]
+    elif name in DETACH_EVENTS:
+        tree.parents.pop(node, None)
+    elif name in GONE_EVENTS:
+        # the parent's view counts only while the child still hangs from it
+        gone = event.get("peer") or event.get("host")
+        if tree.parents.get(gone) == node:
+            del tree.parents[gone]
+    elif name == "key_installed":
+        tree.parents[node] = event.get("peer", "")
+        tree.denied.discard(node)
+    elif name == "key_erased":
+        # a host that erased its key has left; a router is no GKDC any more
+        tree.parents.pop(node, None)
+        tree.gkdcs.discard(node)
+    elif name in DENIAL_EVENTS and "host" in event:
+        if event["host"] not in tree.parents:
+            tree.denied.add(event["host"])
+    elif name in GKDC_EVENTS:
+        tree.gkdcs.add(node)
 
 
 def _cells(*values: Any) -> str:
@@ -194,7 +219,7 @@ def render_timeline(run: RunData) -> str:
 def _event_class(name: str) -> str:
     if name in ("action", "ready", "started", "stopped"):
         return "ev-runner"
-    if name in PROBLEM_EVENTS:
+    if name in PROBLEM_EVENTS or name in DETACH_EVENTS:
         return "ev-problem"
     if name in KEY_EVENTS or name == "keys_delivered":
         return "ev-key"

@@ -228,6 +228,40 @@ def test_delivery_tree_follows_events():
     assert tree.denied == {"h9"}
 
 
+def test_delivery_tree_follows_maintenance():
+    events = [
+        {"t": 1, "node": "B", "event": "on_tree", "group": "G", "parent": "C"},
+        {"t": 1, "node": "A", "event": "on_tree", "group": "G", "parent": "B"},
+        {"t": 1, "node": "A", "event": "became_gkdc", "group": "G"},
+        {"t": 1, "node": "h", "event": "key_installed", "group": "G", "peer": "A"},
+        {"t": 1, "node": "h2", "event": "key_installed", "group": "G", "peer": "A"},
+        # A loses B and re-joins through D, which C answers
+        {"t": 2, "node": "A", "event": "parent_lost", "group": "G", "parent": "B"},
+        {"t": 3, "node": "A", "event": "rejoined", "group": "G", "parent": "D"},
+        # B's late view of A must not remove A's new edge
+        {"t": 4, "node": "B", "event": "child_expired", "group": "G", "peer": "A"},
+        {"t": 5, "node": "B", "event": "pruned", "group": "G", "parent": "C"},
+        {"t": 5, "node": "B", "event": "key_erased", "group": "G"},
+        {"t": 6, "node": "A", "event": "member_expired", "group": "G", "host": "h2"},
+        {"t": 7, "node": "E", "event": "on_tree", "group": "G", "parent": "C"},
+        {"t": 8, "node": "E", "event": "flush_received", "group": "G", "peer": "C"},
+    ]
+
+    tree = delivery_tree(events, "G")
+
+    assert tree.parents == {"A": "D", "h": "A"}
+    assert tree.gkdcs == {"A"}
+
+
+def test_delivery_tree_router_erases_keys():
+    events = [
+        {"t": 1, "node": "B", "event": "became_gkdc", "group": "G"},
+        {"t": 2, "node": "B", "event": "key_erased", "group": "G"},
+    ]
+
+    assert delivery_tree(events, "G").gkdcs == set()
+
+
 def test_delivery_tree_denied_then_keyed():
     events = [
         {"t": 1, "node": "A", "event": "join_denied", "group": "G", "host": "h"},
