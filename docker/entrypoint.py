@@ -206,8 +206,9 @@ def start_capture(directory: Path, node: str, address: str, interface: Interface
               "did not start; that link is not captured", file=sys.stderr, flush=True)
         return None
     if owner is not None and path.exists():
-        os.chown(path, *owner)
-        os.chown(directory, *owner)
+        # the backend removes parts/ after merging, as the user who runs it
+        for created in (path, directory, directory.parent):
+            os.chown(created, *owner)
     return Capture(interface, process)
 
 

@@ -57,7 +57,10 @@ COMPOSE_ENV = "SMKD_COMPOSE"
 # seconds to wait for stopped agents to remove their control sockets
 AGENT_STOP_TIMEOUT = 5.0
 
-HEALTH_INTERVAL = "1s"
+# the runner's check gates the agents' start, so it runs often; an agent's
+# check is for people and starts a Python process each time
+RUNNER_HEALTH_INTERVAL = "1s"
+AGENT_HEALTH_INTERVAL = "5s"
 
 # lists of plain values up to this many characters are written on one line
 FLOW_LIST_WIDTH = 60
@@ -98,7 +101,7 @@ def compose_document(
             "network_mode": "none",
             "volumes": [run_volume, *source_volumes],
             "healthcheck": _healthcheck(["smkd-entrypoint", "setup-done", RUN_DIR],
-                                        retries=120),
+                                        RUNNER_HEALTH_INTERVAL, retries=120),
         }
     }
     for name in topology.nodes:
@@ -130,12 +133,12 @@ def _node_service(name: str, addressing: LinkAddressing, image: str,
     else:
         service["network_mode"] = "none"
     service["healthcheck"] = _healthcheck(["smkd-entrypoint", "health", config],
-                                          retries=30)
+                                          AGENT_HEALTH_INTERVAL, retries=3)
     return service
 
 
-def _healthcheck(test: list[str], retries: int) -> dict[str, Any]:
-    return {"test": ["CMD", *test], "interval": HEALTH_INTERVAL, "timeout": "3s",
+def _healthcheck(test: list[str], interval: str, retries: int) -> dict[str, Any]:
+    return {"test": ["CMD", *test], "interval": interval, "timeout": "3s",
             "retries": retries}
 
 
