@@ -376,10 +376,11 @@ def test_flap_key_waits_for_link_up(flap_run):
 
 def test_flap_restarts_agent_process(flap_run):
     _, out, _, _ = flap_run
-    log = (out / "logs" / "h2.log").read_text()
+    lines = (out / "traces" / "h2.jsonl").read_text().splitlines()
+    starts = [line for line in lines if json.loads(line)["event"] == "agent_started"]
 
-    assert log.count("host started") == 2
-    assert log.count("stopped") == 2
+    assert len(starts) == 2
+    assert (out / "logs" / "h2.log").stat().st_size > 0
 
 
 def test_flap_captures_are_real_pcaps(flap_run):
