@@ -245,6 +245,33 @@ def test_missing_image_explained(monkeypatch):
 # on a Docker engine
 
 
+def test_netem_probe_matches_kernel():
+    client = require_engine()
+    # netem is built in or loaded, or a module the kernel can load on demand
+    modules = Path("/lib/modules") / os.uname().release
+    has_netem = Path("/sys/module/sch_netem").exists() or any(
+        modules.glob("kernel/net/sched/sch_netem.ko*")
+    )
+    docker_backend.DockerBackend._netem.clear()
+    assert docker_backend.DockerBackend.netem_available(client) == has_netem
+
+
+def test_netem_configs_leave_links_to_kernel(tmp_path, monkeypatch):
+    require_engine()
+    backend_class = docker_backend.DockerBackend
+    monkeypatch.setattr(backend_class, "netem_available", classmethod(lambda c, _: True))
+    topology = load_scenario(REPO / "scenarios" / "figure1.yaml").topology
+    configs = backend_class.write_configs(topology, tmp_path, 1, tmp_path / "ctl")
+    document = json.loads(configs["A"].read_text())
+    assert document["emulate_links"] is False
+    assert document["interfaces"] == LinkAddressing.assign(topology).interfaces("A")
+
+
+def test_agent_emulation_forced(monkeypatch):
+    monkeypatch.setenv("SMKD_LINK_EMULATION", "agent")
+    assert docker_backend.DockerBackend.netem_available(None) is False
+
+
 @pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_passes_on_docker(name, tmp_path):
     path = REPO / "scenarios" / f"{name}.yaml"

@@ -407,6 +407,8 @@ class DockerBackend(Backend):
 
     def _set_netem(self, segment: str, members: Iterable[str],
                    impairment: Impairment) -> None:
+        # NOTE: netem has not run here, because the kernel this backend was
+        # tested on lacks it; only agent-side emulation has run end to end.
         # the entrypoint reads this file again when an interface comes back
         state = self.run_dir / "netem" / f"{segment}.json"
         state.parent.mkdir(exist_ok=True)
