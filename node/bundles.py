@@ -85,6 +85,11 @@ def verify_signed_bundle(
     core.verify(signed.signature, signed.signed_bytes())
     if bundle.group != group.address or bundle.suite != group.suite_code:
         raise AuthenticationFailed("bundle is for another group", reason="bad-bundle")
+    if bundle.not_after < now:
+        raise AuthenticationFailed(
+            f"bundle epoch {bundle.epoch} expired at {bundle.not_after}",
+            reason="expired-key",
+        )
     return OpenedBundle(signed, bundle)
 
 

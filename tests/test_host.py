@@ -272,12 +272,6 @@ def test_host_survives_garbage(network):
     assert len(drops(net, "h", "malformed")) == 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "nothing enforces KeyBundle.not_after: router.py _create_keys sets it to "
-    "creation time plus the ACL's key_lifetime, no timer re-keys the group, "
-    "and bundles.verify_signed_bundle does not check it, so a host that "
-    "joins after the key lifetime installs an SA that has already expired"
-))
 def test_host_never_installs_expired_key(network):
     net = network()
     lifetime = net.group("init").acl.key_lifetime
