@@ -168,15 +168,36 @@ class Router(TreeMaintenance):
             self.trace(now, "member_left", group=state.config.name, host=token.host)
             self._prune_if_idle(state, now)
             return
-        if any(r.child is None and r.host == token.host for r in state.requests.values()):
-            # the host repeats its report until keys arrive; one join suffices
-            self.trace(now, "report_duplicate", group=state.config.name, host=token.host)
-            return
+        pending = self._pending_local(state, token.host)
+        if pending is not None:
+            age_ms = token.timestamp_ms - pending.host_token.timestamp_ms
+            if age_ms < self.replay.window_ms // 2:
+                # the host repeats its report until keys arrive; one join suffices
+                self.trace(now, "report_duplicate", group=state.config.name,
+                           host=token.host)
+                return
+            # the pending join's host token will soon be too old for a GKDC
+            # to accept, so start over with the fresh one
+            self._forget(state, pending)
+            self.trace(now, "join_renewed", group=state.config.name, host=token.host)
         request = Request(
             token, None, (), self.config.address,
             state.config.core_addresses[0], host_verified=True, target_since=now,
         )
         self._handle_join(state, request, now)
+
+    def _pending_local(self, state: GroupState, host: str) -> Request | None:
+        """Return the join in progress for ``host`` on this router's own LAN."""
+        for request in [*state.requests.values(), *state.queued]:
+            if request.child is None and request.host == host:
+                return request
+        return None
+
+    def _forget(self, state: GroupState, request: Request) -> None:
+        if state.requests.get(request.host_token.nonce) is request:
+            del state.requests[request.host_token.nonce]
+        elif request in state.queued:
+            state.queued.remove(request)
 
     def _refresh_member(self, state: GroupState, host: str, now: float) -> bool:
         """Note a known member's refresh; return False if it needs a join instead.
@@ -345,6 +366,12 @@ class Router(TreeMaintenance):
 
         assert state.acl is not None
         acl = state.acl.acl
+        if not acl.not_before <= now <= acl.not_after:
+            self.trace(now, "denied", group=group.name, host=request.host,
+                       reason="expired-acl")
+            self._nack(state, request, ReasonCode.NO_ACL,
+                       f"ACL serial {acl.serial} is outside its validity", now)
+            return
         if not acl.admits(request.host):
             self.trace(now, "denied", group=group.name, host=request.host,
                        reason="excluded" if acl.mode.name == "EXCLUDE" else "not-on-acl")
@@ -511,6 +538,12 @@ class Router(TreeMaintenance):
         # leaves this router exactly as it was
         opened = None
         hop = ack.hop_bundle
+        if hop is not None and hop.recipient not in (self.name, *request.path):
+            # a hop bundle is for this router or one below it on the join's path
+            raise AuthenticationFailed(
+                f"hop bundle sealed to {hop.recipient}, who is not on this join's path",
+                reason="bad-seal",
+            )
         if hop is not None and hop.recipient == self.name:
             if not acl.may_hold_keys(self.name, self.config.role):
                 raise ProtocolError("bundle sealed to a router the ACL excludes",
