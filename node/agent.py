@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import random
+import socket
 import time
 import zlib
 from collections import Counter
@@ -32,6 +33,9 @@ from .pki import Directory, Identity
 log = logging.getLogger("smkd.agent")
 
 MAX_DATAGRAM = 65_535
+
+# datagrams an agent reads from its socket per loop turn, beyond the first
+DRAIN_LIMIT = 63
 
 
 class TraceWriter:
@@ -67,11 +71,25 @@ class _Link:
 
 
 class _DatagramProtocol(asyncio.DatagramProtocol):
-    def __init__(self, agent: Agent):
+    def __init__(self, agent: Agent, sock: socket.socket):
         self.agent = agent
+        self.sock = sock
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         self.agent.on_datagram(data, addr[0])
+
+        # asyncio reads one datagram per socket per loop turn, so an agent
+        # that shares a loop with thousands of others would fall behind a
+        # burst and let the kernel drop it; reading what is queued keeps up
+        for _ in range(DRAIN_LIMIT):
+            try:
+                data, addr = self.sock.recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self.error_received(error)
+                return
+            self.agent.on_datagram(data, addr[0])
 
     def error_received(self, exc: Exception) -> None:
         log.warning("%s: socket error: %s", self.agent.name, exc)
@@ -107,15 +125,18 @@ class Agent:
         self._loop = loop
         self._make_links(loop)
         node = self.config.node
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
         try:
-            self._transport, _ = await loop.create_datagram_endpoint(
-                lambda: _DatagramProtocol(self),
-                local_addr=(self.config.bind or node.address, self.config.port),
-            )
+            sock.bind((self.config.bind or node.address, self.config.port))
         except OSError as error:
+            sock.close()
             raise ConfigError(
                 f"{self.name}: cannot bind {node.address}:{self.config.port}: {error}"
             ) from None
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DatagramProtocol(self, sock), sock=sock
+        )
         if self.config.control_path is not None:
             await self._start_control(self.config.control_path)
         log.info(
