@@ -21,6 +21,8 @@ import argparse
 import multiprocessing
 import os
 import resource
+import signal
+import socket
 import sys
 import time
 from collections import Counter
@@ -32,6 +34,7 @@ from typing import Any
 from node.errors import ConfigError
 from node.pki import Directory, Identity
 
+from .backends.local import PORT
 from .benchagents import (
     CRYPTO_OPERATIONS,
     WorkerSpec,
@@ -152,18 +155,18 @@ def run_mode(
         _wait_for_acl(workers[0])
         start_seconds = time.monotonic() - started
 
-        udp_errors = _udp_receive_errors()
         _command_all(workers, "mark")
         _command_all(workers, "join")
         _watch_joins(workers, _Joining(hosts, time.monotonic()), study, progress, label)
         collected = _command_all(workers, "collect")
-        udp_errors = _udp_receive_errors() - udp_errors
+        # read while the agents' sockets are still open
+        socket_drops = _socket_drops(network)
         load_average = os.getloadavg()[0]
     finally:
         _stop(workers)
 
     floor = measure_crypto(network)
-    result = summarize(network, mode, collected, floor, start_seconds, udp_errors)
+    result = summarize(network, mode, collected, floor, start_seconds, socket_drops)
     result.load_average = load_average
     return result
 
@@ -259,19 +262,32 @@ def _stop(workers: list[_Worker]) -> None:
         worker.conn.close()
 
 
-def _udp_receive_errors() -> int:
-    """Return the kernel's count of UDP datagrams dropped for a full socket buffer.
+def _socket_drops(network: BenchNetwork) -> int:
+    """Return how many datagrams the kernel dropped at the agents' sockets.
 
-    The count is machine-wide, so other traffic on the machine adds to it.
+    Linux lists each UDP socket in /proc/net/udp with the datagrams it
+    dropped, mostly for a full receive buffer. Returns 0 where that file
+    does not exist.
     """
+    addresses = {node.address for node in network.topology.nodes.values()}
     try:
-        lines = Path("/proc/net/snmp").read_text().splitlines()
+        lines = Path("/proc/net/udp").read_text().splitlines()[1:]
     except OSError:
         return 0
-    udp = [line.split() for line in lines if line.startswith("Udp:")]
-    if len(udp) < 2 or "RcvbufErrors" not in udp[0]:
-        return 0
-    return int(udp[1][udp[0].index("RcvbufErrors")])
+    drops = 0
+    for line in lines:
+        fields = line.split()
+        address, port = _proc_address(fields[1])
+        if port == PORT and address in addresses:
+            drops += int(fields[-1])
+    return drops
+
+
+def _proc_address(field: str) -> tuple[str, int]:
+    """Decode ``0100007F:1E61``, the host-order hex of /proc/net/udp."""
+    address, port = field.split(":")
+    packed = int(address, 16).to_bytes(4, sys.byteorder)
+    return socket.inet_ntoa(packed), int(port, 16)
 
 
 # the crypto floor
@@ -330,7 +346,7 @@ def summarize(
     collected: list[dict[str, Any]],
     floor: dict[str, float],
     start_seconds: float,
-    udp_errors: int,
+    socket_drops: int,
 ) -> RunResult:
     """Merge the workers' results into one run's metrics."""
     nodes: dict[str, dict[str, Any]] = {}
@@ -351,6 +367,8 @@ def summarize(
     per_join = {op: totals[op] / joins if joins else 0.0 for op in CRYPTO_OPERATIONS}
     floor_seconds = sum(per_join[op] * floor[op] for op in CRYPTO_OPERATIONS)
     cpu = sum(part["cpu_seconds"] for part in collected)
+    join_phase = max(part["wall_seconds"] for part in collected)
+    usable_cpus = min(len(collected), os.cpu_count() or 1)
 
     busiest = max(nodes, key=lambda name: _crypto_ops(nodes[name]))
     own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -378,9 +396,10 @@ def summarize(
         report_retransmissions=sum(p["retransmissions"] for p in collected),
         join_timeouts=sum(len(p["timeouts"]) for p in collected),
         drops=sum(node["drops"] for node in nodes.values()),
-        udp_receive_errors=udp_errors,
+        socket_drops=socket_drops,
         start_seconds=start_seconds,
-        join_phase_seconds=max(p["wall_seconds"] for p in collected),
+        join_phase_seconds=join_phase,
+        cpu_share=cpu / (join_phase * usable_cpus) if join_phase > 0 else 0.0,
     )
 
 
@@ -563,6 +582,10 @@ def _out_dir(out: str | None) -> Path:
     return path
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def bench_command(args: argparse.Namespace) -> int:
     try:
         study = parse_study(args)
@@ -571,6 +594,8 @@ def bench_command(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     study.out.mkdir(parents=True, exist_ok=True)
     limit = raise_open_file_limit()
+    # a TERM stops the workers as Ctrl-C does, instead of orphaning them
+    signal.signal(signal.SIGTERM, _interrupt)
     progress = Progress(args.quiet)
     progress.step(
         f"smkd bench: {study.run_count} runs, {study.workers} workers, open-file "

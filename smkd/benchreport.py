@@ -28,8 +28,8 @@ CSV_COLUMNS = (
     "sign_per_join", "verify_per_join", "seal_per_join", "open_per_join",
     "cert_verify_per_join",
     "sign_us", "verify_us", "seal_us", "open_us", "cert_verify_us",
-    "report_retransmissions", "join_timeouts", "drops", "udp_receive_errors",
-    "start_s", "join_phase_s", "load_average_1m",
+    "report_retransmissions", "join_timeouts", "drops", "socket_drops",
+    "start_s", "join_phase_s", "cpu_share", "load_average_1m",
 )
 
 
@@ -57,9 +57,12 @@ class RunResult:
     report_retransmissions: int
     join_timeouts: int
     drops: int
-    udp_receive_errors: int
+    socket_drops: int
     start_seconds: float
     join_phase_seconds: float
+    # the workers' CPU time over the join phase as a fraction of what the
+    # machine's CPUs could give them, low when other processes took the CPUs
+    cpu_share: float = 0.0
     # the machine's 1-minute load average at the end of the join phase,
     # which counts the bench's own busy workers too
     load_average: float = 0.0
@@ -113,9 +116,10 @@ class RunResult:
             "report_retransmissions": self.report_retransmissions,
             "join_timeouts": self.join_timeouts,
             "drops": self.drops,
-            "udp_receive_errors": self.udp_receive_errors,
+            "socket_drops": self.socket_drops,
             "start_s": _round(self.start_seconds, 2),
             "join_phase_s": _round(self.join_phase_seconds, 2),
+            "cpu_share": round(self.cpu_share, 2),
             "load_average_1m": round(self.load_average, 2),
         }
         for name, value in self.core.items():

@@ -356,7 +356,7 @@ def result_with(latencies: list[float]) -> RunResult:
         latencies=sorted(latencies), all_keyed_seconds=None, peak_memory_mib=1.0,
         cpu_per_join=None, crypto_floor=None, operations_per_join={},
         operation_seconds={}, report_retransmissions=0, join_timeouts=0, drops=0,
-        udp_receive_errors=0, start_seconds=0.0, join_phase_seconds=0.0,
+        socket_drops=0, start_seconds=0.0, join_phase_seconds=0.0,
     )
 
 
