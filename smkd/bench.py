@@ -186,7 +186,9 @@ def _receive(worker: _Worker, timeout: float) -> dict[str, Any]:
                 f"worker {worker.spec.index} exited with code {worker.process.exitcode}"
             )
         if time.monotonic() > deadline:
-            raise BenchError(f"worker {worker.spec.index} did not answer in {timeout:g} s")
+            raise BenchError(
+                f"worker {worker.spec.index} did not respond within {timeout:g} s"
+            )
     try:
         answer = worker.conn.recv()
     except EOFError:

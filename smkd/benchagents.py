@@ -178,7 +178,7 @@ class AgentTrace:
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What one worker runs: node names, config files and its trace file.
+    """The nodes, agent config files and trace file of one worker process.
 
     ``configs`` maps each node to its agent config; the worker starts them in
     that order, so the bench lists cores before the initiator.
@@ -242,7 +242,7 @@ class Worker:
             try:
                 command = self.conn.recv()
             except EOFError:
-                # the bench process is gone, so nobody will send stop
+                # the bench process is gone, so no stop command will come
                 self.stopped.set()
                 return
             self.conn.send(self.handle(command))

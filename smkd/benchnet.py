@@ -84,8 +84,8 @@ def build_network(name: str, target_hosts: int, out: Path, seed: int) -> BenchNe
     """Import a Topology Zoo network with about ``target_hosts`` hosts, ready to run.
 
     Hosts sit on a LAN at every router except the cores, so the primary core's
-    load is its key distribution work alone. Routers get ``ceil(target /
-    routers)`` hosts each, so a run has at least ``target_hosts`` hosts.
+    load is its key distribution work alone. Each of those routers gets the
+    same number of hosts, rounded up, so a run has at least ``target_hosts``.
     """
     gml = ZOO_DIR / TOPOLOGIES[name]
     bare = convert_zoo(gml, ImportOptions(hosts_per_router=0, name=name))

@@ -1,8 +1,7 @@
 """The outputs of ``smkd bench``: results.csv, latencies.csv, plots and summary.md.
 
-Re-keying and group data are not part of the protocol core yet, so their
-columns (``rekey_s``, ``data_packets_per_s``) stay empty and the summary says
-so.
+Re-keying and group data are not part of the agent yet, so their columns
+(``rekey_s``, ``data_packets_per_s``) stay empty and the summary notes it.
 """
 
 from __future__ import annotations
