@@ -190,6 +190,17 @@ def test_configs_leave_everything_to_netem(tmp_path, monkeypatch):
     assert document["emulate_links"] is False
 
 
+def test_configs_let_every_node_reach_cores(tmp_path):
+    configs = MininetBackend.write_configs(figure1(), tmp_path, 1, tmp_path)
+
+    host = json.loads(configs["h"].read_text())["peer_addresses"]
+    core = json.loads(configs["C"].read_text())["peer_addresses"]
+    # C's first link is B-C, the second link in the file
+    assert host["C"] == "10.0.1.3"
+    assert core["h"] == "10.0.3.3"
+    assert set(core) == {"h", "h2", "A", "B", "init"}
+
+
 def test_registered_as_mininet():
     assert get_backend("mininet") is MininetBackend
 
