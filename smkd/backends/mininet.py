@@ -5,8 +5,8 @@ namespace. A link is a veth pair with one address per end from
 :class:`~smkd.configs.LinkAddressing`. A LAN is a Linux bridge inside a
 namespace of its own, so the backend creates nothing in the root namespace.
 Routers and cores forward in the kernel along static shortest-path routes.
-Only the ACL upload needs them, because it travels end to end between an
-initiator and its primary core.
+Only messages that travel end to end need them: the ACL upload from an
+initiator to its primary core, and a sender's request for its sender key.
 
 Link delay, jitter and loss come from netem where the kernel has it, and
 otherwise from the agents' own link emulation; bandwidth comes from htb.
