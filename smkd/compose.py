@@ -1,7 +1,8 @@
 """``smkd compose``: a Docker Compose file that runs a topology and a scenario on it.
 
 The file has one service per node and one internal network per link or LAN,
-with the subnets and addresses of :class:`~smkd.configs.LinkAddressing`, and
+with the subnets and addresses of :class:`~smkd.configs.LinkAddressing`, the
+``unicast`` network for end-to-end messages (as the Docker backend has), and
 a ``runner`` service. The runner writes the run directory (PKI and configs)
 into a bind mount and then reports healthy, so that compose starts the
 agents. With a scenario it drives the timeline through the agents' control
@@ -34,7 +35,14 @@ import yaml
 from node.errors import ConfigError, SmkdError
 
 from .backends import Backend
-from .backends.docker import DEFAULT_IMAGE, merge_capture_parts
+from .backends.docker import (
+    DEFAULT_IMAGE,
+    UNICAST,
+    UNICAST_SUBNET,
+    merge_capture_parts,
+    unicast_addresses,
+    use_unicast_network,
+)
 from .configs import LinkAddressing, prepare_pki, write_node_configs
 from .control import send_command
 from .model import Impairment, Scenario, Topology, ValidationError, load_scenario
@@ -77,6 +85,7 @@ def compose_document(
 ) -> dict[str, Any]:
     """Build the compose file for ``topology``, with paths relative to ``base_dir``."""
     addressing = LinkAddressing.assign(topology)
+    unicast = unicast_addresses(topology)
     host_run_dir = relative_path(base_dir / "runs" / f"compose-{run_name(topology, scenario)}",
                                  base_dir)
     run_volume = f"{host_run_dir}:{RUN_DIR}"
@@ -105,16 +114,18 @@ def compose_document(
         }
     }
     for name in topology.nodes:
-        services[name] = _node_service(name, addressing, image, build, run_volume)
+        interfaces = {**addressing.interfaces(name), UNICAST: unicast[name]}
+        services[name] = _node_service(name, interfaces, image, build, run_volume)
 
+    subnets = {**addressing.subnets, UNICAST: UNICAST_SUBNET}
     networks = {
         segment: {"internal": True, "ipam": {"config": [{"subnet": str(subnet)}]}}
-        for segment, subnet in addressing.subnets.items()
+        for segment, subnet in subnets.items()
     }
     return {"services": services, "networks": networks}
 
 
-def _node_service(name: str, addressing: LinkAddressing, image: str,
+def _node_service(name: str, interfaces: dict[str, str], image: str,
                   build: dict[str, Any], run_volume: str) -> dict[str, Any]:
     config = f"{RUN_DIR}/configs/{name}.json"
     service: dict[str, Any] = {
@@ -124,14 +135,10 @@ def _node_service(name: str, addressing: LinkAddressing, image: str,
         "command": [config],
         "depends_on": {RUNNER: {"condition": "service_healthy"}},
         "volumes": [run_volume],
-    }
-    interfaces = addressing.interfaces(name)
-    if interfaces:
-        service["networks"] = {
+        "networks": {
             segment: {"ipv4_address": address} for segment, address in interfaces.items()
-        }
-    else:
-        service["network_mode"] = "none"
+        },
+    }
     service["healthcheck"] = _healthcheck(["smkd-entrypoint", "health", config],
                                           AGENT_HEALTH_INTERVAL, retries=3)
     return service
@@ -338,10 +345,12 @@ class ComposeBackend(Backend):
     def write_configs(
         cls, topology: Topology, run_dir: Path, seed: int, control_dir: Path
     ) -> dict[str, Path]:
-        return write_node_configs(
+        paths = write_node_configs(
             topology, run_dir, seed, control_dir,
             addressing=LinkAddressing.assign(topology), agent_captures=False,
         )
+        use_unicast_network(topology, paths)
+        return paths
 
     async def start(self) -> None:
         mark_setup_done(self.run_dir)

@@ -22,6 +22,7 @@ from smkd.compose import (
     relative_path,
     source_mounts,
 )
+from smkd.backends.docker import UNICAST_SUBNET, unicast_addresses
 from smkd.configs import LinkAddressing
 from smkd.model import load_scenario, load_topology
 
@@ -81,20 +82,23 @@ def test_one_service_per_node_and_runner(document):
 
 def test_networks_internal_with_fixed_subnets(document):
     addressing = LinkAddressing.assign(load_topology(FIGURE1))
+    subnets = {**addressing.subnets, "unicast": UNICAST_SUBNET}
     networks = document["networks"]
-    assert set(networks) == set(addressing.subnets)
+    assert set(networks) == set(subnets)
     for name, network in networks.items():
         assert network["internal"] is True, name
-        assert network["ipam"]["config"] == [{"subnet": str(addressing.subnets[name])}]
+        assert network["ipam"]["config"] == [{"subnet": str(subnets[name])}]
 
 
 def test_node_addresses_match_link_addressing(document):
     topology = load_topology(FIGURE1)
     addressing = LinkAddressing.assign(topology)
+    unicast = unicast_addresses(topology)
     for name in topology.nodes:
         networks = document["services"][name]["networks"]
         expected = {seg: {"ipv4_address": addr}
                     for seg, addr in addressing.interfaces(name).items()}
+        expected["unicast"] = {"ipv4_address": unicast[name]}
         assert networks == expected, name
 
 
@@ -239,7 +243,12 @@ def test_compose_configs_use_link_addresses(tmp_path):
     configs = ComposeBackend.write_configs(topology, tmp_path, 1, Path(RUN_DIR) / "ctl")
     document = yaml.safe_load(configs["A"].read_text())
     assert document["bind"] == "0.0.0.0"
-    assert document["interfaces"] == addressing.interfaces("A")
+    unicast = unicast_addresses(topology)
+    assert document["interfaces"] == {**addressing.interfaces("A"),
+                                      "unicast": unicast["A"]}
+    # C shares no link with A, so A reaches it over the unicast network
+    assert document["peer_addresses"]["C"] == unicast["C"]
+    assert document["peer_addresses"]["B"] == addressing.addresses[("B", "A-B")]
     assert document["control"] == f"{RUN_DIR}/ctl/A.sock"
     assert all(link["capture"] is None for link in document["links"])
     assert document["unicast_capture"] is None

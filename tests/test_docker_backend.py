@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib.machinery
 import importlib.util
+import ipaddress
 import json
 import os
 import struct
@@ -27,12 +28,13 @@ from smkd.backends import docker as docker_backend
 from smkd.backends import get_backend
 from smkd.cli import main
 from smkd.configs import LinkAddressing, prepare_pki
-from smkd.model import load_scenario
+from smkd.model import load_scenario, load_topology
 from smkd.runner import run_scenario
 
 REPO = Path(__file__).resolve().parent.parent
+# sender-keys sends end-to-end messages between nodes without a shared link;
 # link-failure joins the list once its scenario file exists
-SCENARIOS = [name for name in ("figure1", "denied-host", "link-failure")
+SCENARIOS = [name for name in ("figure1", "denied-host", "sender-keys", "link-failure")
              if (REPO / "scenarios" / f"{name}.yaml").exists()]
 
 
@@ -264,7 +266,39 @@ def test_netem_configs_leave_links_to_kernel(tmp_path, monkeypatch):
     configs = backend_class.write_configs(topology, tmp_path, 1, tmp_path / "ctl")
     document = json.loads(configs["A"].read_text())
     assert document["emulate_links"] is False
-    assert document["interfaces"] == LinkAddressing.assign(topology).interfaces("A")
+
+
+def test_unicast_reaches_peers_without_link(tmp_path, monkeypatch):
+    require_engine()
+    topology = load_scenario(REPO / "scenarios" / "figure1.yaml").topology
+    configs = docker_backend.DockerBackend.write_configs(topology, tmp_path, 1,
+                                                         tmp_path / "ctl")
+    addressing = LinkAddressing.assign(topology)
+    unicast = docker_backend.unicast_addresses(topology)
+    document = json.loads(configs["h"].read_text())
+    assert document["interfaces"] == {**addressing.interfaces("h"),
+                                      "unicast": unicast["h"]}
+    assert document["peer_addresses"]["C"] == unicast["C"]
+    assert document["peer_addresses"]["init"] == unicast["init"]
+    assert document["peer_addresses"]["A"] == addressing.addresses[("A", "lan-A")]
+
+
+def test_unicast_addresses_distinct():
+    topology = load_scenario(REPO / "scenarios" / "figure1.yaml").topology
+    addresses = docker_backend.unicast_addresses(topology)
+    assert sorted(addresses) == sorted(topology.nodes)
+    assert len(set(addresses.values())) == len(addresses)
+    assert all(ipaddress.ip_address(a) in docker_backend.UNICAST_SUBNET
+               for a in addresses.values())
+
+
+def test_unicast_name_reserved(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text((REPO / "topologies" / "figure1.yaml").read_text()
+                    .replace("name: lan-A", "name: unicast"))
+    topology = load_topology(path)
+    with pytest.raises(ConfigError, match="rename it"):
+        docker_backend.unicast_addresses(topology)
 
 
 def test_agent_emulation_forced(monkeypatch):

@@ -13,9 +13,16 @@ member, and comes back when they are connected again. A node stops and
 starts with its container. Delay, jitter, loss and bandwidth come from tc netem inside the
 containers where the kernel has netem, else from the agents where they send.
 
+End-to-end messages (the ACL upload and the sender key exchange) may pass
+between nodes that share no link. Docker drops routed traffic between
+internal networks, so they travel on one more internal network, ``unicast``,
+that joins every node. The local backend, too, sends them outside the
+emulated links.
+
 Captures: tcpdump in each container records what the node sends on each
-link (see docker/entrypoint.py); when the run ends the backend merges these
-parts into one ``captures/SEGMENT.pcap`` per link or LAN.
+link (see docker/entrypoint.py). When the run ends, the backend merges these
+parts into one ``captures/SEGMENT.pcap`` per link or LAN, plus
+``captures/unicast.pcap`` for the end-to-end messages.
 
 Containers and networks carry the labels ``smkd.run`` and ``smkd.owner``
 (host and process id). :meth:`DockerBackend.stop` removes them, and the next
@@ -25,6 +32,7 @@ run on the same host removes those of runs whose process has died.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -60,6 +68,10 @@ START_TIMEOUT = 30.0
 
 # seconds to wait for a container's capture to restart after a link comes up
 CAPTURE_RESTART_TIMEOUT = 3.0
+
+# the network for end-to-end messages, beside LinkAddressing's 10.x.y.0/24s
+UNICAST = "unicast"
+UNICAST_SUBNET = ipaddress.IPv4Network("10.255.0.0/16")
 
 # parallel Docker API calls, below the SDK's pool of 10 connections per client
 WORKERS = 8
@@ -122,6 +134,7 @@ class DockerBackend(Backend):
             topology, run_dir, seed, control_dir,
             addressing=LinkAddressing.assign(topology), agent_captures=False,
         )
+        use_unicast_network(topology, paths)
         if cls.netem_available(connect_engine()):
             # the containers' netem emulates the links, so the agents must not
             for path in paths.values():
@@ -150,6 +163,12 @@ class DockerBackend(Backend):
         self.image = image_name()
         self.run_id = secrets.token_hex(4)
         self.addressing = LinkAddressing.assign(self.topology)
+        self.subnets = {**self.addressing.subnets, UNICAST: UNICAST_SUBNET}
+        unicast = unicast_addresses(self.topology)
+        self.interfaces = {
+            name: {**self.addressing.interfaces(name), UNICAST: unicast[name]}
+            for name in self.topology.nodes
+        }
         self.netem = any(
             json.loads(path.read_text()).get("emulate_links") is False
             for path in self.configs.values()
@@ -162,8 +181,7 @@ class DockerBackend(Backend):
 
     async def start(self) -> None:
         remove_stale_resources(self.client)
-        segments = [segment.name for segment in [*self.topology.links,
-                                                 *self.topology.lans]]
+        segments = list(self.subnets)
         self.networks = dict(zip(segments, self._parallel(self._create_network,
                                                           segments)))
         created = self._parallel(self._create_container, self.configs)
@@ -240,7 +258,7 @@ class DockerBackend(Backend):
     def _create_network(self, segment: str) -> Any:
         import docker
 
-        subnet = self.addressing.subnets[segment]
+        subnet = self.subnets[segment]
         ipam = docker.types.IPAMConfig(pool_configs=[
             docker.types.IPAMPool(subnet=str(subnet), gateway=str(subnet.network_address + 1))
         ])
@@ -258,16 +276,14 @@ class DockerBackend(Backend):
 
     def _create_container(self, name: str) -> Any:
         api = self.client.api
-        interfaces = self.addressing.interfaces(name)
+        interfaces = self.interfaces[name]
         segments = list(interfaces)
-        networking = None
-        if segments:
-            first = segments[0]
-            networking = api.create_networking_config({
-                self.networks[first].name: api.create_endpoint_config(
-                    ipv4_address=interfaces[first]
-                )
-            })
+        first = segments[0]
+        networking = api.create_networking_config({
+            self.networks[first].name: api.create_endpoint_config(
+                ipv4_address=interfaces[first]
+            )
+        })
         environment = {}
         if os.getuid() != 0:
             # files and sockets the agent creates then belong to this user
@@ -275,7 +291,7 @@ class DockerBackend(Backend):
         host_config = api.create_host_config(
             binds=self._binds(),
             cap_add=["NET_ADMIN"] if self.netem else None,
-            network_mode=self.networks[segments[0]].name if segments else "none",
+            network_mode=self.networks[first].name,
         )
         created = api.create_container(
             self.image,
@@ -423,6 +439,39 @@ class DockerBackend(Backend):
             if result.exit_code != 0:
                 raise ConfigError(f"cannot set netem on {member} for {segment}: "
                                   f"{result.output.decode(errors='replace').strip()}")
+
+
+def unicast_addresses(topology: Topology) -> dict[str, str]:
+    """Return each node's address on the unicast network, in topology order."""
+    subnets = LinkAddressing.assign(topology).subnets
+    if UNICAST in subnets:
+        raise ConfigError(f"a link or LAN is named {UNICAST!r}, the name of the "
+                          "network for end-to-end messages; rename it")
+    if any(subnet.overlaps(UNICAST_SUBNET) for subnet in subnets.values()):
+        raise ConfigError(
+            f"{len(subnets)} links and LANs reach into {UNICAST_SUBNET}, which "
+            "the Docker backend keeps for end-to-end messages"
+        )
+    first = UNICAST_SUBNET.network_address + 2
+    return {name: str(first + index) for index, name in enumerate(topology.nodes)}
+
+
+def use_unicast_network(topology: Topology, paths: dict[str, Path]) -> None:
+    """Send end-to-end messages to peers without a shared link over ``unicast``.
+
+    Each config then lists every such peer's unicast address under
+    ``peer_addresses``, and its own under ``interfaces`` for the entrypoint.
+    """
+    addresses = unicast_addresses(topology)
+    graph = topology.graph()
+    for name, path in paths.items():
+        document = json.loads(path.read_text())
+        neighbours = set(graph.neighbors(name))
+        for peer in topology.nodes:
+            if peer != name and peer not in neighbours:
+                document["peer_addresses"][peer] = addresses[peer]
+        document["interfaces"][UNICAST] = addresses[name]
+        path.write_text(json.dumps(document, indent=1))
 
 
 def _raise_if_cancelled() -> None:
