@@ -6,7 +6,7 @@
     smkd-entrypoint setup-done DIR    exit 0 once this container's runner wrote
                                       the run directory DIR (compose)
     smkd-entrypoint netem CONFIG SEG  set SEG's netem impairment again, from
-                                      netem/SEG.json in the run directory
+                                      netem/NODE/SEG.json in the run directory
 
 Docker names a container's interfaces eth0, eth1, ... in an order of its
 own, which differs from the order of attachment (seen with Docker 20.10),
@@ -22,8 +22,8 @@ into ``captures/SEGMENT.pcap``. When an interface disappears (link down) and
 comes back (link up), the supervisor starts a new part. When the config
 disables agent-side link emulation, the supervisor also sets each
 interface's egress impairment with tc netem, taking it from
-``netem/SEGMENT.json`` in the run directory once the backend has written
-that file, else from the config.
+``netem/NODE/SEGMENT.json`` in the run directory once the backend has
+written that file, else from the config.
 
 Set ``SMKD_USER=UID:GID`` to run the agent as that user, so that a host user
 without root can use the files and control socket the agent creates.
@@ -147,7 +147,8 @@ def supervise(config: dict[str, Any], run_dir: Path,
             if interface is None:
                 continue
             if netem:
-                impairment = segment_impairment(run_dir, segment, egress.get(segment, {}))
+                impairment = segment_impairment(run_dir, node, segment,
+                                                egress.get(segment, {}))
                 apply_netem(interface[0], impairment)
             capture = start_capture(parts_dir / segment, node, address, interface, owner)
             if capture is not None:
@@ -245,14 +246,15 @@ def stop_capture(capture: Capture) -> None:
 # netem, where the kernel has it
 
 
-def segment_impairment(run_dir: Path, segment: str,
+def segment_impairment(run_dir: Path, node: str, segment: str,
                        configured: dict[str, Any]) -> dict[str, Any]:
-    """Return the impairment last set on ``segment``, else the configured one.
+    """Return what ``node`` last had to send with on ``segment``, else the config's.
 
-    The backend writes ``netem/SEGMENT.json`` in the run directory when a
-    scenario changes a link, so that an interface that comes back keeps it.
+    The backend writes ``netem/NODE/SEGMENT.json`` in the run directory when
+    a scenario changes a link or one direction of it, so that an interface
+    that comes back keeps the change.
     """
-    path = run_dir / "netem" / f"{segment}.json"
+    path = run_dir / "netem" / node / f"{segment}.json"
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -270,7 +272,8 @@ def set_netem(config_path: Path, segment: str) -> int:
         return 1
     egress = {link["name"]: link.get("egress", {}) for link in config.get("links", [])}
     run_dir = config_path.resolve().parent.parent
-    impairment = segment_impairment(run_dir, segment, egress.get(segment, {}))
+    impairment = segment_impairment(run_dir, config["name"], segment,
+                                    egress.get(segment, {}))
     return 0 if apply_netem(interface[0], impairment) else 1
 
 
@@ -285,10 +288,15 @@ def apply_netem(interface: str, impairment: dict[str, Any]) -> bool:
 
 
 def netem_arguments(impairment: dict[str, Any]) -> list[str]:
-    """Return the tc netem arguments for an impairment in seconds, fraction, bit/s."""
+    """Return the tc netem arguments for an impairment in seconds, fraction, bit/s.
+
+    ``"up": false`` means that this direction is down: netem drops everything.
+    """
     delay = float(impairment.get("delay") or 0.0)
     jitter = float(impairment.get("jitter") or 0.0)
     loss = float(impairment.get("loss") or 0.0)
+    if impairment.get("up") is False:
+        loss = 1.0
     bandwidth = impairment.get("bandwidth")
     arguments = ["netem", "delay", f"{delay * 1e6:.0f}us"]
     if jitter > 0:

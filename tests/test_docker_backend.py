@@ -163,10 +163,17 @@ def test_netem_arguments_unimpaired():
 
 def test_netem_state_overrides_config(tmp_path):
     configured = {"delay": 0.001}
-    assert entrypoint.segment_impairment(tmp_path, "A-B", configured) == configured
-    (tmp_path / "netem").mkdir()
-    (tmp_path / "netem" / "A-B.json").write_text(json.dumps({"delay": 0.02}))
-    assert entrypoint.segment_impairment(tmp_path, "A-B", configured) == {"delay": 0.02}
+    assert entrypoint.segment_impairment(tmp_path, "A", "A-B", configured) == configured
+    (tmp_path / "netem" / "A").mkdir(parents=True)
+    (tmp_path / "netem" / "A" / "A-B.json").write_text(json.dumps({"delay": 0.02}))
+    changed = entrypoint.segment_impairment(tmp_path, "A", "A-B", configured)
+    assert changed == {"delay": 0.02}
+    assert entrypoint.segment_impairment(tmp_path, "B", "A-B", configured) == configured
+
+
+def test_netem_direction_down_drops_all():
+    arguments = entrypoint.netem_arguments({"delay": 0.001, "up": False})
+    assert arguments == ["netem", "delay", "1000us", "loss", "100%"]
 
 
 def test_owner_parsing():
@@ -336,6 +343,7 @@ def test_faults_reach_containers(tmp_path):
         await backend.start()
         try:
             await check_link_down_and_up(backend, addressing)
+            await check_one_direction(backend)
             await check_node_stop_and_start(backend)
         finally:
             await backend.stop()
@@ -370,6 +378,21 @@ async def check_link_down_and_up(backend: object, addressing: LinkAddressing) ->
     assert settings["IPAddress"] == addressing.addresses[("B", "A-B")]
     # the capture on the new interface is a new part beside the old one
     assert len(list(parts.glob("A-*.pcap"))) == before + 1
+
+
+async def check_one_direction(backend: object) -> None:
+    await backend.set_direction("A-B", "A", up=False)
+    trace = backend.run_dir / "traces" / "A.jsonl"
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    changes = [e for e in events if e["event"] == "link_changed"]
+    assert changes[-1]["link"] == "A-B"
+    assert changes[-1]["up"] is False
+    # B's direction and the network stay up
+    assert backend.networks["A-B"].name in attached_networks(backend, "B")
+    b_trace = backend.run_dir / "traces" / "B.jsonl"
+    assert "link_changed" not in b_trace.read_text()
+    with pytest.raises(ConfigError, match="not on A-B"):
+        await backend.set_direction("A-B", "h", up=False)
 
 
 async def check_node_stop_and_start(backend: object) -> None:

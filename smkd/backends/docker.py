@@ -237,6 +237,34 @@ class DockerBackend(Backend):
             if segment_peers(self.topology, found, member):
                 await self.command(member, request)
 
+    async def set_direction(
+        self,
+        segment: str,
+        sender: str,
+        up: bool | None = None,
+        impairment: Impairment | None = None,
+    ) -> None:
+        """Change only what ``sender`` sends on a link or LAN.
+
+        A network cannot be disconnected for one direction, so the sender's
+        agent, or its netem, drops what it sends while the direction is down.
+        """
+        found = self.topology.segment(segment)
+        if found is None:
+            raise ConfigError(f"no link or LAN named {segment!r}")
+        if sender not in segment_members(found):
+            raise ConfigError(f"{sender} is not on {segment}")
+        if self.netem:
+            await asyncio.to_thread(self._set_netem, segment, [sender], impairment, up)
+            return
+
+        request: dict[str, Any] = {"cmd": "link", "link": segment}
+        if up is not None:
+            request["up"] = up
+        if impairment is not None:
+            request["impairment"] = asdict(impairment)
+        await self.command(sender, request)
+
     def describe(self) -> dict[str, Any]:
         if self.netem:
             emulation = "tc netem in each container (delay, jitter, loss, rate)"
@@ -422,14 +450,11 @@ class DockerBackend(Backend):
         self.down.discard(segment)
 
     def _set_netem(self, segment: str, members: Iterable[str],
-                   impairment: Impairment) -> None:
+                   impairment: Impairment | None, up: bool | None = None) -> None:
         # NOTE: netem has not run here, because the kernel this backend was
         # tested on lacks it; only agent-side emulation has run end to end.
-        # the entrypoint reads this file again when an interface comes back
-        state = self.run_dir / "netem" / f"{segment}.json"
-        state.parent.mkdir(exist_ok=True)
-        state.write_text(json.dumps(asdict(impairment)))
         for member in members:
+            self._write_netem_state(member, segment, impairment, up)
             if segment in self.down or not self._is_running(member):
                 continue
             config = str(self.configs[member].resolve())
@@ -439,6 +464,26 @@ class DockerBackend(Backend):
             if result.exit_code != 0:
                 raise ConfigError(f"cannot set netem on {member} for {segment}: "
                                   f"{result.output.decode(errors='replace').strip()}")
+
+    def _write_netem_state(self, member: str, segment: str,
+                           impairment: Impairment | None, up: bool | None) -> None:
+        """Record what ``member`` sends with on ``segment``, for the entrypoint.
+
+        The entrypoint applies it now and again when the interface comes back.
+        """
+        path = self.run_dir / "netem" / member / f"{segment}.json"
+        if path.exists():
+            state = json.loads(path.read_text())
+        else:
+            config = json.loads(self.configs[member].read_text())
+            egress = {link["name"]: link["egress"] for link in config["links"]}
+            state = dict(egress.get(segment, {}))
+        if impairment is not None:
+            state.update(asdict(impairment))
+        if up is not None:
+            state["up"] = up
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state))
 
 
 def unicast_addresses(topology: Topology) -> dict[str, str]:
