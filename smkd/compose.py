@@ -26,13 +26,12 @@ import shutil
 import signal
 import socket
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from node.errors import ConfigError, SmkdError
+from node.errors import ConfigError
 
 from .backends import Backend
 from .backends.docker import (
@@ -40,11 +39,11 @@ from .backends.docker import (
     UNICAST,
     UNICAST_SUBNET,
     merge_capture_parts,
+    stop_agents,
     unicast_addresses,
     use_unicast_network,
 )
 from .configs import LinkAddressing, prepare_pki, write_node_configs
-from .control import send_command
 from .model import Impairment, Scenario, Topology, ValidationError, load_scenario
 from .model import load_topology
 
@@ -61,9 +60,6 @@ ENGINE_ACTIONS = ("link_down", "link_up", "link_set", "node_stop", "node_start")
 
 # set on the runner service, the only place where ComposeBackend works
 COMPOSE_ENV = "SMKD_COMPOSE"
-
-# seconds to wait for stopped agents to remove their control sockets
-AGENT_STOP_TIMEOUT = 5.0
 
 # the runner's check gates the agents' start, so it runs often; an agent's
 # check is for people and starts a Python process each time
@@ -390,20 +386,6 @@ def mark_setup_done(run_dir: Path) -> None:
     by an earlier run does not count.
     """
     (run_dir / ".setup-done").write_text(socket.gethostname() + "\n")
-
-
-async def stop_agents(control_dir: Path, names: Any) -> None:
-    """Ask each agent to stop and wait until its control socket is gone."""
-    sockets = [control_dir / f"{name}.sock" for name in names]
-    for path in sockets:
-        try:
-            await send_command(path, {"cmd": "stop"}, timeout=2.0)
-        except SmkdError as error:
-            print(f"smkd compose: cannot stop the agent at {path}: {error}",
-                  file=sys.stderr)
-    deadline = time.monotonic() + AGENT_STOP_TIMEOUT
-    while any(path.exists() for path in sockets) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
 
 
 def clear_run_dir(run_dir: Path) -> None:

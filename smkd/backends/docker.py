@@ -66,6 +66,9 @@ STOP_TIMEOUT = 5
 # seconds to wait for agents to respond on their control sockets
 START_TIMEOUT = 30.0
 
+# seconds to wait for stopped agents to remove their control sockets
+AGENT_STOP_TIMEOUT = 5.0
+
 # seconds to wait for a container's capture to restart after a link comes up
 CAPTURE_RESTART_TIMEOUT = 3.0
 
@@ -190,7 +193,10 @@ class DockerBackend(Backend):
         await self._wait_answering(list(self.containers), START_TIMEOUT)
 
     async def stop(self) -> None:
-        # blocking on purpose: a second Ctrl-C must not cut the cleanup short
+        # every agent stops within milliseconds, as on the local backend, so
+        # that none reacts to neighbours whose containers are still stopping
+        await stop_agents(self.control_dir, self.containers)
+        # blocking from here on: a second Ctrl-C must not cut the cleanup short
         try:
             self._parallel(self._stop_container, self.containers)
             self._save_logs()
@@ -484,6 +490,21 @@ class DockerBackend(Backend):
             state["up"] = up
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state))
+
+
+async def stop_agents(control_dir: Path, names: Iterable[str]) -> None:
+    """Ask each agent to stop and wait until its control socket is gone."""
+    sockets = [control_dir / f"{name}.sock" for name in names]
+    for path in sockets:
+        if not path.exists():
+            continue
+        try:
+            await send_command(path, {"cmd": "stop"}, timeout=2.0)
+        except SmkdError as error:
+            log.warning("docker: cannot stop the agent at %s: %s", path, error)
+    deadline = time.monotonic() + AGENT_STOP_TIMEOUT
+    while any(path.exists() for path in sockets) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
 
 
 def unicast_addresses(topology: Topology) -> dict[str, str]:
