@@ -80,6 +80,9 @@ def parse_agent_config(document: dict[str, Any], base: Path) -> AgentConfig:
         token_window=float(document.get("token_window", 30.0)),
         replay_cache_size=int(document.get("replay_cache_size", 100_000)),
         timers=_timers(document.get("timers", {})),
+        routing=document.get("routing", "static"),
+        link_costs={k: int(v) for k, v in document.get("link_costs", {}).items()},
+        routing_suite=document.get("routing_suite", "default"),
     )
     links = tuple(
         LinkConfig(

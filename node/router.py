@@ -519,7 +519,12 @@ class Router(TreeMaintenance):
         assert isinstance(ack, JoinAck)
         group = state.config
         peer = received.peer.name
-        request = self._pending_for(state, ack.host_token, peer)
+        try:
+            request = self._pending_for(state, ack.host_token, peer)
+        except ProtocolError as error:
+            if error.reason == "unexpected-answer":
+                self._quit_stray_parent(state, peer, now)
+            raise
         acl = self._check_acl_update(state, ack.acl, now)
         code = AckCode(ack.header.code)
         if (request.code is JoinCode.REJOIN_LOOP_PROBE) != (

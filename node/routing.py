@@ -59,13 +59,19 @@ RATE_PER_SECOND = 64.0
 
 @dataclass
 class Neighbour:
-    """A directly connected router: its transport address and adjacency state."""
+    """A directly connected router: its transport address and adjacency state.
+
+    ``sent`` maps an LSA origin to the sequence last sent to this neighbour
+    and when, so a hello summary that lags behind a flood does not make the
+    router send the same LSA again at once.
+    """
 
     name: str
     address: str
     cost: int
     heard_at: float | None = None
     two_way: bool = False
+    sent: dict[str, tuple[int, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -134,6 +140,7 @@ class LinkState:
         self.next_refresh: float | None = None
         self.last_origination: float | None = None
         self.origination_due: float | None = None
+        self.spf_due: float | None = None
         self._sequence = 0
 
     # adjacencies
@@ -167,19 +174,31 @@ class LinkState:
         two_way = self.name in body.heard
         changed = two_way != neighbour.two_way
         neighbour.two_way = two_way
+        if not two_way:
+            neighbour.sent.clear()
         outcome = HelloOutcome(changed, first_heard)
         if two_way:
-            outcome.lsas_to_send = self._missing_at_peer(body.summary)
+            outcome.lsas_to_send = self._missing_at_peer(neighbour, body.summary, now)
         return outcome
 
-    def _missing_at_peer(self, summary: tuple[tuple[str, int], ...]) -> list[SignedLsa]:
+    def _missing_at_peer(
+        self, neighbour: Neighbour, summary: tuple[tuple[str, int], ...], now: float
+    ) -> list[SignedLsa]:
         theirs = dict(summary)
-        missing = [
-            stored.signed
-            for origin, stored in sorted(self.database.items())
-            if theirs.get(origin, -1) < stored.lsa.sequence
-        ]
+        missing = []
+        for origin, stored in sorted(self.database.items()):
+            sequence = stored.lsa.sequence
+            if theirs.get(origin, -1) >= sequence:
+                continue
+            sent, sent_at = neighbour.sent.get(origin, (-1, 0.0))
+            # a copy sent less than a dead interval ago may still be on its way
+            if sent == sequence and now - sent_at < self.timers.router_dead_interval:
+                continue
+            missing.append(stored.signed)
         return missing[:MAX_LSAS_PER_HELLO]
+
+    def record_sent(self, neighbour: str, lsa: Lsa, now: float) -> None:
+        self.neighbours[neighbour].sent[lsa.origin] = (lsa.sequence, now)
 
     def expire_neighbours(self, now: float) -> list[str]:
         """Take down adjacencies whose neighbour fell silent; return their names."""
@@ -203,13 +222,18 @@ class LinkState:
         return Lsa(self.name, self.address, self._sequence, links)
 
     def origination_allowed(self, now: float) -> bool:
-        # OSPF's MinLSInterval, here a quarter of the hello interval
         last = self.last_origination
         return last is None or now - last >= self.min_ls_interval
 
     @property
+    def spf_delay(self) -> float:
+        return self.timers.hello_interval / 10
+
+    @property
     def min_ls_interval(self) -> float:
-        return self.timers.hello_interval / 4
+        # OSPF's MinLSInterval (5 s beside a 10 s hello), here half a hello
+        # interval, so adjacencies that come up together share one LSA
+        return self.timers.hello_interval / 2
 
     def originated(self, signed: SignedLsa, now: float) -> None:
         self.database[self.name] = StoredLsa(signed, now)
@@ -287,7 +311,7 @@ class LinkState:
     # timers
 
     def next_timer(self) -> float | None:
-        times = [self.next_hello, self.next_refresh, self.origination_due]
+        times = [self.next_hello, self.next_refresh, self.origination_due, self.spf_due]
         times += [
             n.heard_at + self.timers.router_dead_interval
             for n in self.neighbours.values() if n.heard_at is not None
@@ -319,7 +343,7 @@ class RoutingMixin(Machine):
             self.config.timers,
         )
         self.trace(now, "routing_started", neighbours=sorted(neighbours))
-        self._originate(now)
+        # the first LSA waits for the first adjacency: an empty one helps nobody
         self._send_hellos(now)
 
     def _neighbour_routers(self, now: float) -> dict[str, str]:
@@ -369,6 +393,10 @@ class RoutingMixin(Machine):
     def on_routing_message(self, received: Received, now: float) -> None:
         link_state = self.link_state
         if link_state is None:
+            if self.config.routing == "link-state":
+                # the socket may be open a moment before the machine starts
+                raise ProtocolError("routing has not started yet",
+                                    reason="not-started")
             raise ProtocolError("this router uses static routes",
                                 reason="unexpected-message")
         if received.peer.name not in link_state.neighbours:
@@ -392,6 +420,7 @@ class RoutingMixin(Machine):
             self.trace(now, "adjacency", peer=peer, up=up)
             self._originate(now)
             if not up:
+                self._recompute_routes(now)
                 self.on_adjacency_lost(peer, now)
         for signed in outcome.lsas_to_send:
             self._send_lsa(link_state.neighbours[peer], signed, now)
@@ -425,7 +454,7 @@ class RoutingMixin(Machine):
             return
         if link_state.install(signed, now):
             self._flood(link_state, signed, now, exclude=peer)
-            self._recompute_routes(now)
+            self._schedule_spf(now)
 
     # sending
 
@@ -451,6 +480,8 @@ class RoutingMixin(Machine):
                          neighbour.name)
 
     def _send_lsa(self, neighbour: Neighbour, signed: SignedLsa, now: float) -> None:
+        assert self.link_state is not None
+        self.link_state.record_sent(neighbour.name, signed.lsa, now)
         update = LinkStateUpdate(
             self._routing_header(MessageType.LINK_STATE),
             self.new_token(neighbour.name, now),
@@ -474,7 +505,7 @@ class RoutingMixin(Machine):
             last = link_state.last_origination or now
             link_state.origination_due = last + link_state.min_ls_interval
             # adjacency changes move next hops even before the LSA goes out
-            self._recompute_routes(now)
+            self._schedule_spf(now)
             return
         lsa = link_state.own_lsa(now)
         body = lsa.encode()
@@ -484,11 +515,19 @@ class RoutingMixin(Machine):
         signed = SignedLsa(body, signature, lsa)
         link_state.originated(signed, now)
         self._flood(link_state, signed, now)
-        self._recompute_routes(now)
+        self._schedule_spf(now)
+
+    def _schedule_spf(self, now: float) -> None:
+        """Recompute routes shortly, once for a burst of changes (OSPF's SPF delay)."""
+        link_state = self.link_state
+        assert link_state is not None
+        if link_state.spf_due is None:
+            link_state.spf_due = now + link_state.spf_delay
 
     def _recompute_routes(self, now: float) -> None:
         link_state = self.link_state
         assert link_state is not None
+        link_state.spf_due = None
         old = self.routes
         routes = link_state.compute_routes()
         if routes == old:
@@ -521,9 +560,14 @@ class RoutingMixin(Machine):
             refresh is not None and now >= refresh
         ):
             self._originate(now)
+        if lost:
+            # routes around a lost neighbour are needed at once, by re-joins
+            self._recompute_routes(now)
         for name in lost:
             self.on_adjacency_lost(name, now)
         if link_state.next_hello is not None and now >= link_state.next_hello:
             self._send_hellos(now)
         if link_state.age_out(now):
+            self._schedule_spf(now)
+        if link_state.spf_due is not None and now >= link_state.spf_due:
             self._recompute_routes(now)

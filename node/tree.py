@@ -396,6 +396,20 @@ class TreeMaintenance(RoutingMixin):
         state.quits[parent] = pending
         self._send_quit(state, pending, now)
 
+    def _quit_stray_parent(self, state: GroupState, peer: str, now: float) -> None:
+        """Quit a router whose ack answers nothing pending here.
+
+        The ack made ``peer`` take this router as a child (a join this router
+        gave up on, or passed on elsewhere, was answered late), so without a
+        quit the peer would keep a child that never echoes until it expires.
+        A duplicate ack from the parent itself needs nothing.
+        """
+        if peer == state.parent or peer in state.quits:
+            return
+        pending = PendingQuit(peer)
+        state.quits[peer] = pending
+        self._send_quit(state, pending, now)
+
     def _send_quit(self, state: GroupState, pending: PendingQuit, now: float) -> None:
         pending.attempts += 1
         pending.next_at = now + self.config.timers.pending_quit_interval

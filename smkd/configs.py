@@ -207,6 +207,7 @@ def node_config(
     node = topology.nodes[name]
     neighbours = {topology.nodes[n].address: n for n in sorted(graph.neighbors(name))}
     suites = sorted({g.suite for g in topology.groups.values()} | {"default"})
+    routing = topology.routing if node.role in ROUTER_ROLES else "static"
     return {
         "name": name,
         "role": node.role,
@@ -217,6 +218,8 @@ def node_config(
         "groups": [_group(topology, g, name, now) for g in topology.groups.values()],
         "neighbours": neighbours,
         "routes": routes,
+        "routing": routing,
+        "link_costs": link_costs(graph, name),
         "gateway": _gateway(topology, name),
         "token_window": topology.token_window,
         "timers": asdict(topology.timers),
@@ -225,6 +228,18 @@ def node_config(
         "control": str(control_dir / f"{name}.sock"),
         "unicast_capture": "../captures/unicast.pcap",
         "seed": seed,
+    }
+
+
+def link_costs(graph: nx.Graph, name: str) -> dict[str, int]:
+    """Return the link-state cost of each neighbour: its delay in us, plus one.
+
+    The extra unit per hop makes equal-delay paths prefer fewer hops, as
+    ``compute_routes`` does.
+    """
+    return {
+        peer: round(graph.edges[name, peer]["delay"] * 1_000_000) + 1
+        for peer in sorted(graph.neighbors(name))
     }
 
 
@@ -276,7 +291,7 @@ def _links(topology: Topology, name: str) -> list[dict[str, Any]]:
         peers = segment_peers(topology, segment, name)
         if not peers:
             continue
-        impairment = segment.impairment
+        impairment = segment.impairment_from(name)
         links.append(
             {
                 "name": segment.name,

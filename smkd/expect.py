@@ -18,7 +18,8 @@ from node.capture import read_pcap
 from node.crypto import fingerprint
 from node.errors import MalformedMessage
 
-from .model import Expectation, Scenario
+from .model import Expectation, Scenario, Topology
+from .treecheck import TreeHistory
 
 KEY_SIZE = 16
 HOST_KEY_EVENTS = ("key_installed",)
@@ -33,6 +34,7 @@ class RunRecord:
     ready_at: float | None
     actions: list[dict[str, Any]]
     run_dir: Path
+    topology: Topology | None = None
 
     @classmethod
     def load(
@@ -82,8 +84,11 @@ class Outcome:
 
 
 def evaluate(scenario: Scenario, record: RunRecord) -> list[Outcome]:
+    """Check every expectation, then the tree invariant of every group."""
+    if record.topology is None:
+        record.topology = scenario.topology
     outcomes = []
-    for expectation in scenario.expect:
+    for expectation in [*scenario.expect, *tree_invariants(scenario)]:
         check = CHECKS[expectation.kind]
         try:
             passed, detail = check(expectation.params, record)
@@ -91,6 +96,15 @@ def evaluate(scenario: Scenario, record: RunRecord) -> list[Outcome]:
             passed, detail = False, f"could not be checked: {error}"
         outcomes.append(Outcome(expectation, passed, detail))
     return outcomes
+
+
+def tree_invariants(scenario: Scenario) -> list[Expectation]:
+    """Return the tree invariant of each group, checked after every scenario."""
+    return [
+        Expectation("tree_invariant", f"the tree of {group} is sound at the end",
+                    {"group": group}, None)
+        for group in scenario.topology.groups
+    ]
 
 
 def _reference_time(
@@ -290,6 +304,82 @@ def _text_contains_secret(data: bytes, secrets: set[str]) -> bool:
     )
 
 
+def _history(record: RunRecord, group: str) -> TreeHistory:
+    if record.topology is None:
+        raise ValueError("the run record has no topology")
+    return TreeHistory(record.topology, group, record.events, record.actions)
+
+
+def _end_time(record: RunRecord) -> float:
+    times = [e["t"] for events in record.events.values() for e in events]
+    times += [a["t"] for a in record.actions]
+    return max(times, default=record.ready_at or 0.0)
+
+
+def check_tree_invariant(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
+    group = params["group"]
+    history = _history(record, group)
+    moment = history.at(_end_time(record))
+    problems = history.problems(moment)
+    members = sorted(moment.members)
+    for member in members:
+        held, detail = check_holds_key({"node": member, "group": group}, record)
+        if not held:
+            problems.append(detail)
+    if problems:
+        shown = "; ".join(problems[:5])
+        return False, f"{len(problems)} problems: {shown}"
+    on_tree = sorted(n for n, s in moment.states.items() if s["on_tree"])
+    roots = sorted(n for n, s in moment.states.items()
+                   if s["on_tree"] and s["parent"] is None)
+    detail = (f"{len(on_tree)} routers on the tree under {', '.join(roots)}, "
+              f"{len(members)} members with the current key")
+    unserved = history.unserved(moment)
+    if unserved:
+        detail += f"; members behind a stopped DR left out: {', '.join(unserved)}"
+    return True, detail
+
+
+def check_tree_recovers(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
+    group, within = params["group"], params.get("within")
+    history = _history(record, group)
+    fault = history.last_fault()
+    if fault is None:
+        return False, "the timeline has no link_down or node_stop to recover from"
+    what = f"{fault['action']} {fault.get('link') or fault.get('node')}"
+    end = _end_time(record)
+    since = history.sound_since(fault["t"], end)
+    if since is None:
+        problems = history.problems(history.at(end))
+        return False, f"not sound at the end after {what}: {'; '.join(problems[:3])}"
+    delay = since - fault["t"]
+    if within is not None and delay > within:
+        return False, f"sound {delay:.2f} s after {what}, limit {within:g} s"
+    return True, f"sound {delay:.2f} s after {what}"
+
+
+def _final_state(record: RunRecord, node: str, group: str) -> dict[str, Any] | None:
+    history = _history(record, group)
+    return history.at(_end_time(record)).states.get(node)
+
+
+def check_on_tree(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
+    node, group = params["node"], params["group"]
+    state = _final_state(record, node, group)
+    if state is None or not state["on_tree"]:
+        return False, f"{node} is not on the tree of {group} at the end"
+    parent = state["parent"] or "none, it is a root"
+    return True, f"{node} is on the tree of {group}, parent {parent}"
+
+
+def check_off_tree(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
+    node, group = params["node"], params["group"]
+    state = _final_state(record, node, group)
+    if state is not None and state["on_tree"]:
+        return False, f"{node} is still on the tree of {group}, parent {state['parent']}"
+    return True, f"{node} is off the tree of {group}"
+
+
 CHECKS: dict[str, Callable[[dict[str, Any], RunRecord], tuple[bool, str]]] = {
     "holds_key": check_holds_key,
     "lacks_key": check_lacks_key,
@@ -300,4 +390,8 @@ CHECKS: dict[str, Callable[[dict[str, Any], RunRecord], tuple[bool, str]]] = {
     "event": check_event,
     "received": check_received,
     "no_key_in_clear": check_no_key_in_clear,
+    "tree_invariant": check_tree_invariant,
+    "tree_recovers": check_tree_recovers,
+    "on_tree": check_on_tree,
+    "off_tree": check_off_tree,
 }

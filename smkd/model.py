@@ -15,7 +15,7 @@ import ipaddress
 import itertools
 import os
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +104,21 @@ class Node:
 
 @dataclass(frozen=True)
 class Link:
-    """A point-to-point link between nodes ``a`` and ``b``."""
+    """A point-to-point link between nodes ``a`` and ``b``.
+
+    ``directions`` maps an end to the impairment of what it sends, where
+    that differs from ``impairment``.
+    """
 
     name: str
     a: str
     b: str
     impairment: Impairment
+    directions: dict[str, Impairment] = field(default_factory=dict)
+
+    def impairment_from(self, sender: str) -> Impairment:
+        """Return the impairment of the datagrams ``sender`` sends on the link."""
+        return self.directions.get(sender, self.impairment)
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,11 @@ class Lan:
     hosts: tuple[str, ...]
     dr: str
     impairment: Impairment
+    directions: dict[str, Impairment] = field(default_factory=dict)
+
+    def impairment_from(self, sender: str) -> Impairment:
+        """Return the impairment of the datagrams ``sender`` sends on the LAN."""
+        return self.directions.get(sender, self.impairment)
 
 
 @dataclass(frozen=True)
@@ -156,7 +170,7 @@ class Group:
 
 @dataclass(frozen=True)
 class Timers:
-    """CBT protocol timers in seconds, and retry counts."""
+    """CBT, routing and membership timers in seconds, and retry counts."""
 
     echo_interval: float
     echo_timeout: float
@@ -168,16 +182,36 @@ class Timers:
     child_assert_expire: float
     report_interval: float
     report_retries: int
+    hello_interval: float
+    router_dead_interval: float
+    lsa_refresh_interval: float
+    membership_interval: float
+    membership_timeout: float
 
 
 TIMER_PROFILES = {
     # the echo, pending join, pending quit and child assert values are the
-    # defaults of the CBT version 1 drafts (draft-ietf-idmr-cbt-spec, 1996)
-    "cbtv1": Timers(30.0, 90.0, 5.0, 30.0, 90.0, 5.0, 3, 180.0, 5.0, 3),
+    # defaults of the CBT version 1 drafts (draft-ietf-idmr-cbt-spec, 1996);
+    # hello, dead and refresh intervals are OSPF's (RFC 2328), and the
+    # membership interval and timeout IGMPv2's query interval and group
+    # membership interval (RFC 2236)
+    "cbtv1": Timers(
+        30.0, 90.0, 5.0, 30.0, 90.0, 5.0, 3, 180.0, 5.0, 3,
+        10.0, 40.0, 1800.0, 125.0, 260.0,
+    ),
     # short timers so that an emulated run settles within seconds
-    "fast": Timers(1.0, 3.0, 1.0, 3.0, 10.0, 1.0, 3, 10.0, 1.0, 5),
+    "fast": Timers(
+        1.0, 3.0, 1.0, 3.0, 10.0, 1.0, 3, 10.0, 1.0, 5,
+        0.5, 2.0, 30.0, 2.0, 7.0,
+    ),
 }
 TIMER_COUNTS = ("pending_quit_retries", "report_retries")
+# how routers find their routes: learned from each other, or fixed at start
+ROUTING_MODES = ("link-state", "static")
+# above this many routers and cores the default is static routes: every
+# router checks every LSA's signature, and the local backend runs all routers
+# in one process, where 197 routers (Cogentco) did not converge in minutes
+LINK_STATE_MAX_ROUTERS = 64
 
 
 @dataclass(frozen=True)
@@ -193,6 +227,7 @@ class Topology:
     timers: Timers
     token_window: float
     source: Path
+    routing: str = "link-state"
 
     def graph(self) -> nx.Graph:
         """Build a graph of all nodes with one edge per link and per LAN attachment.
@@ -456,6 +491,44 @@ class _Reader:
             bandwidth=get(mapping, path, "bandwidth", parse_bandwidth, None),
         )
 
+    def directions(
+        self,
+        mapping: dict[str, Any],
+        path: KeyPath,
+        members: Collection[str],
+        base: Impairment,
+    ) -> dict[str, Impairment]:
+        """Read ``directions``: per sending member, the values that differ."""
+        if "directions" not in mapping:
+            return {}
+        path = path + ("directions",)
+        senders = self.check.mapping(
+            mapping["directions"], path, "a mapping such as {A: {loss: 5%}}"
+        )
+        if senders is None:
+            return {}
+        result = {}
+        for sender, values in senders.items():
+            if sender not in members:
+                message = (
+                    f"'{sender}' does not send on this link or LAN; use one of "
+                    f"{_listing(sorted(members))}"
+                )
+                self.check.report(path + (sender,), message)
+                continue
+            overrides = self.check.mapping(
+                values, path + (sender,), "a mapping such as {loss: 5%}"
+            )
+            if overrides is None:
+                continue
+            self.check.check_keys(overrides, path + (sender,), IMPAIRMENT_KEYS)
+            own = self.impairment(overrides, path + (sender,))
+            changes = {
+                key: getattr(own, key) for key in IMPAIRMENT_KEYS if key in overrides
+            }
+            result[str(sender)] = dataclasses.replace(base, **changes)
+        return result
+
 
 IMPAIRMENT_KEYS = ("delay", "jitter", "loss", "bandwidth")
 TOPOLOGY_KEYS = (
@@ -463,14 +536,15 @@ TOPOLOGY_KEYS = (
     "description",
     "timers",
     "token_window",
+    "routing",
     "nodes",
     "links",
     "lans",
     "groups",
 )
 NODE_KEYS = ("role", "address")
-LINK_KEYS = ("between", "name") + IMPAIRMENT_KEYS
-LAN_KEYS = ("name", "routers", "hosts", "dr") + IMPAIRMENT_KEYS
+LINK_KEYS = ("between", "name") + IMPAIRMENT_KEYS + ("directions",)
+LAN_KEYS = ("name", "routers", "hosts", "dr") + IMPAIRMENT_KEYS + ("directions",)
 GROUP_KEYS = (
     "name",
     "address",
@@ -521,6 +595,8 @@ class _TopologyReader(_Reader):
         description = get(root, (), "description", parse_text, "")
         timers = self.read_timers(root)
         token_window = get(root, (), "token_window", parse_positive_duration, 30.0)
+        routing_parser = choice_parser(list(ROUTING_MODES), "routing")
+        routing = get(root, (), "routing", routing_parser, None)
 
         self.read_nodes(root)
         known_problems = len(self.check.problems)
@@ -535,6 +611,10 @@ class _TopologyReader(_Reader):
             self.check_connectivity(links, lans)
         groups = self.read_entries(root, "groups", self.read_group)
         nodes = self.assign_addresses()
+        if routing is None:
+            routers = [n for n in nodes.values() if n.role in ROUTER_ROLES]
+            small = len(routers) <= LINK_STATE_MAX_ROUTERS
+            routing = "link-state" if small else "static"
 
         if self.check.problems or name is None:
             return None
@@ -548,6 +628,7 @@ class _TopologyReader(_Reader):
             timers=timers,
             token_window=token_window,
             source=Path(self.document.file),
+            routing=routing,
         )
 
     def read_timers(self, root: dict[str, Any]) -> Timers:
@@ -640,7 +721,8 @@ class _TopologyReader(_Reader):
             return None
         if not self.attach_link(path, a, b, name):
             return None
-        return Link(name, a, b, impairment)
+        directions = self.directions(link, path, (a, b), impairment)
+        return Link(name, a, b, impairment, directions)
 
     def read_ends(self, link: dict[str, Any], path: KeyPath) -> tuple[str, str] | None:
         if "between" not in link:
@@ -730,9 +812,10 @@ class _TopologyReader(_Reader):
         for host in hosts:
             self.attachments.setdefault(host, []).append(name or "a LAN")
             self.gateways.setdefault(host, set()).update(routers)
+        directions = self.directions(lan, path, routers + hosts, impairment)
         if name is None or dr is None:
             return None
-        return Lan(name, routers, hosts, dr, impairment)
+        return Lan(name, routers, hosts, dr, impairment, directions)
 
     def read_dr(
         self, lan: dict[str, Any], path: KeyPath, routers: tuple[str, ...]
@@ -969,6 +1052,8 @@ def _parse_size(value: Any) -> int:
 
 _LINK = _Field("link", required=True)
 _WITHIN = _value(parse_duration)
+# the member whose sending direction alone an action changes
+_SENDER = _Field("node", required=False, default=_OMIT)
 
 ACTIONS: dict[str, _Spec] = {
     "join": _Spec({"node": _node({"host"}), "group": _group()}),
@@ -983,11 +1068,12 @@ ACTIONS: dict[str, _Spec] = {
         }
     ),
     "rekey": _Spec({"group": _group()}),
-    "link_down": _Spec({"link": _LINK}),
-    "link_up": _Spec({"link": _LINK}),
+    "link_down": _Spec({"link": _LINK, "from": _SENDER}),
+    "link_up": _Spec({"link": _LINK, "from": _SENDER}),
     "link_set": _Spec(
         {
             "link": _LINK,
+            "from": _SENDER,
             "delay": _value(parse_delay, _OMIT),
             "jitter": _value(parse_delay, _OMIT),
             "loss": _value(parse_loss, _OMIT),
@@ -1008,6 +1094,9 @@ EXPECTATIONS: dict[str, _Spec] = {
     "not_gkdc": _Spec({"node": _node(ROUTER_ROLES), "group": _group()}),
     "all_members_hold_key": _Spec({"group": _group(), "within": _WITHIN}),
     "no_key_in_clear": _Spec({}),
+    "tree_recovers": _Spec({"group": _group(), "within": _WITHIN}),
+    "on_tree": _Spec({"node": _node(ROUTER_ROLES), "group": _group()}),
+    "off_tree": _Spec({"node": _node(ROUTER_ROLES), "group": _group()}),
     "event": _Spec(
         {
             "node": _node(required=False),
@@ -1282,6 +1371,12 @@ def _expectation_name(kind: str, params: dict[str, Any]) -> str:
         return f"every member of {group} holds the key{deadline}"
     if kind == "no_key_in_clear":
         return "no key appears in the clear"
+    if kind == "tree_recovers":
+        return f"the tree of {group} is sound again{deadline} after the last fault"
+    if kind == "on_tree":
+        return f"{node} is on the tree of {group} at the end"
+    if kind == "off_tree":
+        return f"{node} is off the tree of {group} at the end"
     if kind == "event":
         return _event_name(params)
     sender = f" from {params['from']}" if params.get("from") else ""

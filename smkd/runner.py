@@ -23,7 +23,7 @@ from typing import Any
 from node.errors import ConfigError, SmkdError
 
 from .backends import Backend, get_backend
-from .configs import prepare_pki
+from .configs import prepare_pki, segment_members
 from .expect import Outcome, RunRecord, evaluate
 from .model import Action, Impairment, Scenario, ValidationError, load_scenario
 from .outputs import write_junit, write_summary
@@ -90,7 +90,8 @@ class Runner:
         self.result = RunResult(scenario, run_dir, backend_name)
         self.actions: list[dict[str, Any]] = []
         self.ready_at: float | None = None
-        self.impairments: dict[str, Impairment] = {}
+        # the impairment last set per (link, sending member or None)
+        self.impairments: dict[tuple[str, str | None], Impairment] = {}
         self.trace_file = None
         self.backend: Backend | None = None
 
@@ -154,9 +155,13 @@ class Runner:
         topology = self.scenario.topology
         for name in topology.nodes:
             try:
-                await self.backend.command(name, {"cmd": "status"})
+                answer = await self.backend.command(name, {"cmd": "status"})
             except SmkdError:
                 missing.append(f"{name} does not answer")
+                continue
+            routing = answer["status"].get("routing", {})
+            if not routing.get("reaches_cores", True):
+                missing.append(f"{name} has no route to every core yet")
         for group in topology.groups.values():
             try:
                 answer = await self.backend.command(group.initiator, {"cmd": "status"})
@@ -195,6 +200,7 @@ class Runner:
             "node": action.node,
             "group": action.group,
             "link": action.link,
+            "from": action.params.get("from"),
             "line": action.line,
         }
         self.record("action", **record)
@@ -222,10 +228,8 @@ class Runner:
             await backend.command(
                 group.cores[0], {"cmd": "rekey", "group": action.group}
             )
-        elif kind in ("link_down", "link_up"):
-            await backend.set_link(action.link, up=kind == "link_up")
-        elif kind == "link_set":
-            await backend.set_link(action.link, impairment=self._impairment(action))
+        elif kind in ("link_down", "link_up", "link_set"):
+            await self._set_link(backend, action)
         elif kind == "node_stop":
             await backend.stop_node(action.node)
         elif kind == "node_start":
@@ -233,17 +237,34 @@ class Runner:
         else:
             raise ConfigError(f"unknown action {kind!r}")
 
+    async def _set_link(self, backend: Backend, action: Action) -> None:
+        """Change a whole link or LAN, or only what its member ``from`` sends."""
+        up = None if action.kind == "link_set" else action.kind == "link_up"
+        impairment = self._impairment(action) if action.kind == "link_set" else None
+        sender = action.params.get("from")
+        if sender is None:
+            await backend.set_link(action.link, up=up, impairment=impairment)
+            return
+        segment = self.scenario.topology.segment(action.link)
+        assert segment is not None
+        if sender not in segment_members(segment):
+            raise ConfigError(f"{sender} does not send on {action.link}")
+        await backend.set_direction(action.link, sender, up=up, impairment=impairment)
+
     def _impairment(self, action: Action) -> Impairment:
         segment = self.scenario.topology.segment(action.link)
         assert segment is not None
-        current = self.impairments.get(action.link, segment.impairment)
+        sender = action.params.get("from")
+        key = (action.link, sender)
+        base = segment.impairment_from(sender) if sender else segment.impairment
+        current = self.impairments.get(key, base)
         changes = {
             k: v
             for k, v in action.params.items()
             if k in ("delay", "jitter", "loss", "bandwidth")
         }
         updated = dataclasses.replace(current, **changes)
-        self.impairments[action.link] = updated
+        self.impairments[key] = updated
         return updated
 
     async def _collect_status(self) -> dict[str, Any]:

@@ -69,6 +69,19 @@ class Backend(abc.ABC):
     ) -> None:
         """Bring a link or LAN up or down, or change its impairments."""
 
+    async def set_direction(
+        self,
+        segment: str,
+        sender: str,
+        up: bool | None = None,
+        impairment: Impairment | None = None,
+    ) -> None:
+        """Change only what member ``sender`` sends on a link or LAN."""
+        raise ConfigError(
+            f"the {self.name} backend cannot change one direction of a link; "
+            "drop 'from' from the action"
+        )
+
     async def command(self, node: str, request: dict[str, Any]) -> dict[str, Any]:
         return await send_command(self.control_dir / f"{node}.sock", request)
 

@@ -82,16 +82,28 @@ class LocalBackend(Backend):
         found = self.topology.segment(segment)
         if found is None:
             raise ConfigError(f"no link or LAN named {segment!r}")
-        request: dict[str, Any] = {"cmd": "link", "link": segment}
-        if up is not None:
-            request["up"] = up
-        if impairment is not None:
-            request["impairment"] = dataclasses.asdict(impairment)
+        request = _link_request(segment, up, impairment)
         # each end emulates its own sending direction, so tell every member
         for member in segment_members(found):
             agent = self.agents.get(member)
             if agent is not None and segment_peers(self.topology, found, member):
                 agent.handle_command(json.dumps(request).encode())
+
+    async def set_direction(
+        self,
+        segment: str,
+        sender: str,
+        up: bool | None = None,
+        impairment: Impairment | None = None,
+    ) -> None:
+        # the sender's agent emulates its own sending direction alone
+        agent = self.agents.get(sender)
+        if agent is None:
+            raise ConfigError(f"node {sender} is not running")
+        request = _link_request(segment, up, impairment)
+        answer = agent.handle_command(json.dumps(request).encode())
+        if not answer.get("ok"):
+            raise ConfigError(f"{sender} could not change {segment}: {answer['error']}")
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -99,6 +111,17 @@ class LocalBackend(Backend):
             "link_emulation": "agent-side (delay, jitter, loss, bandwidth)",
             "captures": "written by the agents, one pcap per link or LAN",
         }
+
+
+def _link_request(
+    segment: str, up: bool | None, impairment: Impairment | None
+) -> dict[str, Any]:
+    request: dict[str, Any] = {"cmd": "link", "link": segment}
+    if up is not None:
+        request["up"] = up
+    if impairment is not None:
+        request["impairment"] = dataclasses.asdict(impairment)
+    return request
 
 
 def _in_block(address: str, block: int) -> str:
