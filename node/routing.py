@@ -43,10 +43,11 @@ from .messages import (
 )
 
 # an LSA sequence may run this far ahead of the receiver's clock, in ms, as
-# tokens may; a farther one would outlive every later LSA of its origin
+# a token's time may. A sequence farther ahead would outlive every later LSA
+# of its origin
 MAX_SEQUENCE_SKEW_MS = 30_000
 
-# a database never holds more LSAs than this, so a flood cannot exhaust memory
+# a database contains at most this many LSAs, so a flood cannot exhaust memory
 MAX_LSAS = 4096
 
 # LSAs sent back to one hello's summary, at most; the next hello sends more
@@ -86,7 +87,7 @@ class StoredLsa:
 
 @dataclass
 class HelloOutcome:
-    """What one hello changed: adjacency, and the LSAs to send back."""
+    """The result of one hello: adjacency changes, and the LSAs to send back."""
 
     adjacency_changed: bool
     first_heard: bool
@@ -343,7 +344,8 @@ class RoutingMixin(Machine):
             self.config.timers,
         )
         self.trace(now, "routing_started", neighbours=sorted(neighbours))
-        # the first LSA waits for the first adjacency: an empty one helps nobody
+        # the first LSA waits for the first adjacency, since one without links
+        # gives no router a route
         self._send_hellos(now)
 
     def _neighbour_routers(self, now: float) -> dict[str, str]:
@@ -413,7 +415,8 @@ class RoutingMixin(Machine):
     ) -> None:
         outcome = link_state.on_hello(peer, hello.hello, now)
         if outcome.first_heard:
-            # answer at once, so the neighbour sees a two-way adjacency sooner
+            # send a hello back at once, so the neighbour sees a two-way
+            # adjacency sooner
             self._send_hello(link_state, link_state.neighbours[peer], now)
         if outcome.adjacency_changed:
             up = link_state.is_adjacent(peer)

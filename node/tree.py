@@ -12,11 +12,11 @@ keeps that state true, with CBTv1's mechanisms (draft-ietf-idmr-cbt-spec,
   heard for ``child_assert_expire``.
 - a router that loses its parent re-joins toward the primary core if it
   still has children (code 1, re-join) or members (code 0). When a router
-  other than a root answers a code-1 re-join, the re-joiner sends a loop
-  probe (code 2) up its new parent chain: a root answers it, while the
-  probe coming back to the re-joiner from one of its children means a loop,
-  which the re-joiner breaks with a QUIT to its new parent and a FLUSH-TREE
-  to its children.
+  other than a root acks a code-1 re-join, the re-joiner sends a loop probe
+  (code 2) up its new parent chain. A root acks the probe. The probe coming
+  back to the re-joiner from one of its children means a loop, which the
+  re-joiner breaks with a QUIT to its new parent and a FLUSH-TREE to its
+  children.
 - a join unanswered for ``pending_join_timeout`` moves to the next core in
   the core list, and is dropped after ``expire_pending_join``.
 - QUIT-REQUEST is repeated every ``pending_quit_interval`` until a
@@ -111,9 +111,9 @@ class PendingQuit:
 class GroupState:
     """One router's state in one group.
 
-    ``child_heard`` and ``member_heard`` hold when each child and member was
-    last heard from. ``acting_root`` marks a secondary core serving as the
-    root while the primary is unreachable; ``primary_lost`` records, for
+    ``child_heard`` and ``member_heard`` map each child and member to when it
+    was last heard from. ``acting_root`` marks a secondary core serving as
+    the root while the primary is unreachable. ``primary_lost`` records, for
     static routes, that this router's own join toward the primary timed out.
     """
 
@@ -236,7 +236,7 @@ class TreeMaintenance(RoutingMixin):
         """Send a join this router originated toward its target core.
 
         A core without a route, or this router itself when it may not act as
-        the root, is skipped for the next one in the core list; with no core
+        the root, is skipped for the next one in the core list. With no core
         reachable the join stays pending, and the timer or the next route
         change tries again.
         """
@@ -397,7 +397,7 @@ class TreeMaintenance(RoutingMixin):
         self._send_quit(state, pending, now)
 
     def _quit_stray_parent(self, state: GroupState, peer: str, now: float) -> None:
-        """Quit a router whose ack answers nothing pending here.
+        """Quit a router whose ack matches no join pending here.
 
         The ack made ``peer`` take this router as a child (a join this router
         gave up on, or passed on elsewhere, was answered late), so without a

@@ -376,7 +376,8 @@ def check_off_tree(params: dict[str, Any], record: RunRecord) -> tuple[bool, str
     node, group = params["node"], params["group"]
     state = _final_state(record, node, group)
     if state is not None and state["on_tree"]:
-        return False, f"{node} is still on the tree of {group}, parent {state['parent']}"
+        parent = state["parent"]
+        return False, f"{node} is still on the tree of {group}, parent {parent}"
     return True, f"{node} is off the tree of {group}"
 
 

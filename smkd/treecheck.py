@@ -11,9 +11,10 @@ A group's tree is sound at a moment when:
 
 A member is a host whose last join was not followed by a leave, that no
 router denied, that is running and that has installed the key at least
-once, so a join still under way does not count as a broken tree; a member
-whose DR is stopped cannot be served and is left out (and named). Which nodes run and which links work
-comes from the runner's own record of its actions.
+once. A join still under way therefore does not count as a broken tree. A
+member whose DR is stopped cannot be served, so it is left out (and
+named). Which nodes run and which links work comes from the runner's own
+record of its actions.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ FAULT_ACTIONS = ("link_down", "node_stop")
 
 @dataclass
 class Moment:
-    """What the record says at one time: the routers' states, nodes and links."""
+    """The record's view of one moment: router states, stopped nodes, down links."""
 
     states: dict[str, dict[str, Any]]
     stopped: set[str]
