@@ -76,8 +76,10 @@ def run_node(config_path: Path) -> int:
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as error:
-        print(f"smkd-entrypoint: cannot read config {config_path}: {error}",
-              file=sys.stderr)
+        print(
+            f"smkd-entrypoint: cannot read config {config_path}: {error}",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
 
     # the run directory contains configs/, captures/ and netem/
@@ -124,8 +126,9 @@ class Capture:
 Interface = tuple[str, int]
 
 
-def supervise(config: dict[str, Any], run_dir: Path,
-              owner: tuple[int, int] | None, ready_fd: int) -> None:
+def supervise(
+    config: dict[str, Any], run_dir: Path, owner: tuple[int, int] | None, ready_fd: int
+) -> None:
     """Keep one capture per present interface until the container stops."""
     # the agent stops the container; this process only needs to go quietly
     signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
@@ -147,10 +150,13 @@ def supervise(config: dict[str, Any], run_dir: Path,
             if interface is None:
                 continue
             if netem:
-                impairment = segment_impairment(run_dir, node, segment,
-                                                egress.get(segment, {}))
+                impairment = segment_impairment(
+                    run_dir, node, segment, egress.get(segment, {})
+                )
                 apply_netem(interface[0], impairment)
-            capture = start_capture(parts_dir / segment, node, address, interface, owner)
+            capture = start_capture(
+                parts_dir / segment, node, address, interface, owner
+            )
             if capture is not None:
                 captures[segment] = capture
 
@@ -161,8 +167,9 @@ def supervise(config: dict[str, Any], run_dir: Path,
         time.sleep(POLL_INTERVAL)
 
 
-def keep_capture(node: str, segment: str, capture: Capture,
-                 interface: Interface | None) -> bool:
+def keep_capture(
+    node: str, segment: str, capture: Capture, interface: Interface | None
+) -> bool:
     """Return whether ``capture`` still records ``interface``; else stop it."""
     status = capture.process.poll()
     if status is None and capture.interface == interface:
@@ -173,16 +180,20 @@ def keep_capture(node: str, segment: str, capture: Capture,
         reason = "the interface is gone"
     else:
         reason = f"the interface is now {interface[0]} (index {interface[1]})"
-    print(f"smkd-entrypoint: {node}: capture on {segment} stopped: {reason}",
-          file=sys.stderr, flush=True)
+    print(
+        f"smkd-entrypoint: {node}: capture on {segment} stopped: {reason}",
+        file=sys.stderr,
+        flush=True,
+    )
     stop_capture(capture)
     return False
 
 
 def list_interfaces() -> dict[str, Interface]:
     """Return IPv4 address -> the interface that carries it."""
-    output = subprocess.run(["ip", "-j", "-4", "addr", "show"], capture_output=True,
-                            check=True).stdout
+    output = subprocess.run(
+        ["ip", "-j", "-4", "addr", "show"], capture_output=True, check=True
+    ).stdout
     found = {}
     for interface in json.loads(output or b"[]"):
         for info in interface.get("addr_info", []):
@@ -191,20 +202,44 @@ def list_interfaces() -> dict[str, Interface]:
     return found
 
 
-def start_capture(directory: Path, node: str, address: str, interface: Interface,
-                  owner: tuple[int, int] | None) -> Capture | None:
+def start_capture(
+    directory: Path,
+    node: str,
+    address: str,
+    interface: Interface,
+    owner: tuple[int, int] | None,
+) -> Capture | None:
     directory.mkdir(parents=True, exist_ok=True)
     path = next_part(directory, node)
 
     # -U writes each packet at once, so the file is complete even after SIGKILL
     process = subprocess.Popen(
-        ["tcpdump", "-i", interface[0], "-p", "-n", "-U", "-s", "0", "-Z", "root",
-         "-w", str(path), "src", "host", address],
+        [
+            "tcpdump",
+            "-i",
+            interface[0],
+            "-p",
+            "-n",
+            "-U",
+            "-s",
+            "0",
+            "-Z",
+            "root",
+            "-w",
+            str(path),
+            "src",
+            "host",
+            address,
+        ],
         stdout=subprocess.DEVNULL,
     )
     if not wait_listening(process, path):
-        print(f"smkd-entrypoint: {node}: tcpdump on {interface[0]} ({directory.name}) "
-              "did not start; that link is not captured", file=sys.stderr, flush=True)
+        print(
+            f"smkd-entrypoint: {node}: tcpdump on {interface[0]} ({directory.name}) "
+            "did not start; that link is not captured",
+            file=sys.stderr,
+            flush=True,
+        )
         return None
     if owner is not None and path.exists():
         # the backend removes parts/ after merging, as the user who runs it
@@ -246,8 +281,9 @@ def stop_capture(capture: Capture) -> None:
 # netem, where the kernel has it
 
 
-def segment_impairment(run_dir: Path, node: str, segment: str,
-                       configured: dict[str, Any]) -> dict[str, Any]:
+def segment_impairment(
+    run_dir: Path, node: str, segment: str, configured: dict[str, Any]
+) -> dict[str, Any]:
     """Return what ``node`` last had to send with on ``segment``, else the config's.
 
     The backend writes ``netem/NODE/SEGMENT.json`` in the run directory when
@@ -267,23 +303,36 @@ def set_netem(config_path: Path, segment: str) -> int:
     address = config.get("interfaces", {}).get(segment)
     interface = list_interfaces().get(address or "")
     if interface is None:
-        print(f"smkd-entrypoint: {config['name']} has no interface on {segment}",
-              file=sys.stderr)
+        print(
+            f"smkd-entrypoint: {config['name']} has no interface on {segment}",
+            file=sys.stderr,
+        )
         return 1
     egress = {link["name"]: link.get("egress", {}) for link in config.get("links", [])}
     run_dir = config_path.resolve().parent.parent
-    impairment = segment_impairment(run_dir, config["name"], segment,
-                                    egress.get(segment, {}))
+    impairment = segment_impairment(
+        run_dir, config["name"], segment, egress.get(segment, {})
+    )
     return 0 if apply_netem(interface[0], impairment) else 1
 
 
 def apply_netem(interface: str, impairment: dict[str, Any]) -> bool:
-    command = ["tc", "qdisc", "replace", "dev", interface, "root",
-               *netem_arguments(impairment)]
+    command = [
+        "tc",
+        "qdisc",
+        "replace",
+        "dev",
+        interface,
+        "root",
+        *netem_arguments(impairment),
+    ]
     result = subprocess.run(command, capture_output=True)
     if result.returncode != 0:
-        print(f"smkd-entrypoint: {' '.join(command)} failed: "
-              f"{result.stderr.decode(errors='replace').strip()}", file=sys.stderr)
+        print(
+            f"smkd-entrypoint: {' '.join(command)} failed: "
+            f"{result.stderr.decode(errors='replace').strip()}",
+            file=sys.stderr,
+        )
     return result.returncode == 0
 
 

@@ -37,6 +37,7 @@ from node.pki import Directory, Identity
 from .backends.local import PORT
 from .benchagents import (
     CRYPTO_OPERATIONS,
+    JOINS_PER_TURN,
     WorkerSpec,
     raise_open_file_limit,
     worker_main,
@@ -79,6 +80,7 @@ class Study:
     seed: int
     out: Path
     profile: bool = False
+    joins_per_turn: int = JOINS_PER_TURN
 
     @property
     def run_count(self) -> int:
@@ -138,7 +140,10 @@ def run_mode(
     initiator = initiator_config(network, mode)
     mode_dir = network.directory / mode
     (mode_dir / "logs").mkdir(parents=True, exist_ok=True)
-    specs = partition(network, initiator, study.workers, mode_dir, study.profile)
+    specs = partition(
+        network, initiator, study.workers, mode_dir, study.profile,
+        study.joins_per_turn,
+    )
     hosts = len(network.hosts)
     context = multiprocessing.get_context("spawn")
     workers: list[_Worker] = []
@@ -481,6 +486,8 @@ def study_command(study: Study) -> str:
     if study.modes != MODES:
         parts.append(f"--modes {','.join(study.modes)}")
     parts.append(f"--workers {study.workers}")
+    if study.joins_per_turn != JOINS_PER_TURN:
+        parts.append(f"--joins-per-turn {study.joins_per_turn}")
     return " ".join(parts)
 
 
@@ -520,6 +527,9 @@ def add_bench_parser(subparsers: Any) -> None:
     parser.add_argument("--stall-timeout", type=float, default=30.0,
                         help="end a run when no host gained the key for this many "
                              "seconds (default 30)")
+    parser.add_argument("--joins-per-turn", type=int, default=JOINS_PER_TURN,
+                        help="hosts per worker that start their join in one turn "
+                             f"of its event loop (default {JOINS_PER_TURN})")
     parser.add_argument("--seed", type=int, default=1,
                         help="seed of the link emulation (default 1)")
     parser.add_argument("--out", help="output directory to create "
@@ -541,11 +551,16 @@ def parse_study(args: argparse.Namespace) -> Study:
     sizes = QUICK_SIZES if args.quick and not args.sizes else _sizes(args.sizes)
     if args.workers < 1:
         raise ConfigError(f"--workers {args.workers} is invalid; use 1 or more")
+    if args.joins_per_turn < 1:
+        raise ConfigError(
+            f"--joins-per-turn {args.joins_per_turn} is invalid; use 1 or more"
+        )
     for option in ("join_timeout", "stall_timeout"):
         if getattr(args, option) <= 0:
             raise ConfigError(f"--{option.replace('_', '-')} must be positive")
     return Study(topologies, sizes, modes, args.workers, args.join_timeout,
-                 args.stall_timeout, args.seed, _out_dir(args.out), args.profile)
+                 args.stall_timeout, args.seed, _out_dir(args.out), args.profile,
+                 args.joins_per_turn)
 
 
 def _choices(value: str | None, known, what: str) -> tuple[str, ...]:

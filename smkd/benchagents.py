@@ -36,10 +36,8 @@ log = logging.getLogger("smkd.bench")
 # signature, checked the first time a node's directory looks up a peer
 CRYPTO_OPERATIONS = ("sign", "verify", "seal", "open", "cert_verify")
 
-# reports each LAN's hosts send per turn of a worker's event loop; 8 kept
-# every DR's socket buffer from overflowing with 1,112 hosts per LAN (Abilene
-# with 10,000 hosts), where 32 let the kernel drop hundreds of reports
-REPORTS_PER_LAN = 8
+# hosts that start their join in one turn of a worker's event loop
+JOINS_PER_TURN = 20
 
 _JOIN_COMMAND = b'{"cmd": "join", "group": "%s"}'
 
@@ -188,6 +186,7 @@ class WorkerSpec:
     configs: dict[str, Path]
     trace_path: Path
     group: str = "G"
+    joins_per_turn: int = JOINS_PER_TURN
     log_path: Path | None = None
     profile_path: Path | None = None
 
@@ -272,17 +271,17 @@ class Worker:
         }
 
     async def join_all(self) -> None:
-        """Make every host join, a few hosts per LAN in each turn of the event loop.
+        """Make every host join, ``joins_per_turn`` hosts per turn of the event loop.
 
-        The hosts go round-robin over the LANs, so each DR gets a steady
-        stream of reports that its agent keeps up with, rather than every
-        report of its LAN at once, which would overflow its socket buffer.
+        A turn takes as long as the work that is ready, so joins start only as
+        fast as the agents take them in, and no report waits behind thousands
+        of others. The hosts go round-robin over the LANs, so every DR's first
+        join starts early.
         """
         command = _JOIN_COMMAND % self.spec.group.encode()
         hosts = [a for a in self.agents.values() if a.config.node.role == "host"]
         hosts.sort(key=lambda agent: _join_order(agent.name))
-        lans = len({agent.config.node.gateway for agent in hosts})
-        batch = max(1, lans * REPORTS_PER_LAN)
+        batch = max(1, self.spec.joins_per_turn)
         for number, agent in enumerate(hosts, start=1):
             answer = agent.handle_command(command)
             if not answer["ok"]:

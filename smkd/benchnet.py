@@ -24,7 +24,7 @@ from typing import Any
 from node.errors import SmkdError
 
 from .backends.local import PORT
-from .benchagents import WorkerSpec
+from .benchagents import JOINS_PER_TURN, WorkerSpec
 from .configs import prepare_pki, write_node_configs
 from .model import Topology, load_topology
 from .zoo import ImportOptions, convert_zoo, format_topology, header_comment
@@ -96,13 +96,17 @@ def build_network(name: str, target_hosts: int, out: Path, seed: int) -> BenchNe
     )
     imported = convert_zoo(gml, options)
     mapping = _without_core_hosts(imported.topology, imported.report.cores)
+    # fixed shortest-path routes: no routing messages add to the load, and
+    # joins need not wait for link-state routing to converge
+    mapping["routing"] = "static"
 
     directory = out / "runs" / f"{name}-{target_hosts}"
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "topology.yaml"
     comment = header_comment(imported.report) + (
-        "\nsmkd bench removed the hosts of the cores' LANs and lists no host in "
-        f"the ACL; the initiator's agent config admits {HOST_PATTERN}."
+        "\nsmkd bench removed the hosts of the cores' LANs, set static routing "
+        "and lists no host in the ACL; the initiator's agent config admits "
+        f"{HOST_PATTERN}."
     )
     path.write_text(format_topology(mapping, comment), encoding="utf-8")
 
@@ -196,7 +200,7 @@ def initiator_config(network: BenchNetwork, mode: str) -> Path:
 
 def partition(
     network: BenchNetwork, initiator: Path, workers: int, mode_dir: Path,
-    profile: bool = False,
+    profile: bool = False, joins_per_turn: int = JOINS_PER_TURN,
 ) -> list[WorkerSpec]:
     """Split the nodes over ``workers`` processes plus one for the cores.
 
@@ -230,6 +234,7 @@ def partition(
             configs,
             trace_path=mode_dir / "traces" / f"worker-{index}.jsonl",
             group=group.name,
+            joins_per_turn=joins_per_turn,
             log_path=mode_dir / "logs" / f"worker-{index}.log",
             profile_path=mode_dir / f"worker-{index}.prof" if profile else None,
         ))

@@ -38,11 +38,11 @@ from .backends.docker import (
     DEFAULT_IMAGE,
     UNICAST,
     UNICAST_SUBNET,
-    merge_capture_parts,
     stop_agents,
     unicast_addresses,
     use_unicast_network,
 )
+from .backends.docker.captures import merge_capture_parts
 from .configs import LinkAddressing, prepare_pki, write_node_configs
 from .model import Impairment, Scenario, Topology, ValidationError, load_scenario
 from .model import load_topology
@@ -82,13 +82,15 @@ def compose_document(
     """Build the compose file for ``topology``, with paths relative to ``base_dir``."""
     addressing = LinkAddressing.assign(topology)
     unicast = unicast_addresses(topology)
-    host_run_dir = relative_path(base_dir / "runs" / f"compose-{run_name(topology, scenario)}",
-                                 base_dir)
+    host_run_dir = relative_path(
+        base_dir / "runs" / f"compose-{run_name(topology, scenario)}", base_dir
+    )
     run_volume = f"{host_run_dir}:{RUN_DIR}"
     build = _build_section(base_dir)
 
-    sources = [topology.source] if scenario is None else [scenario.source,
-                                                          topology.source]
+    sources = (
+        [topology.source] if scenario is None else [scenario.source, topology.source]
+    )
     source_volumes, container_paths = source_mounts(sources, base_dir)
     if scenario is None:
         command = ["serve", RUN_DIR, container_paths[topology.source.resolve()]]
@@ -105,8 +107,11 @@ def compose_document(
             # the runner reaches agents only through their Unix control sockets
             "network_mode": "none",
             "volumes": [run_volume, *source_volumes],
-            "healthcheck": _healthcheck(["smkd-entrypoint", "setup-done", RUN_DIR],
-                                        RUNNER_HEALTH_INTERVAL, retries=120),
+            "healthcheck": _healthcheck(
+                ["smkd-entrypoint", "setup-done", RUN_DIR],
+                RUNNER_HEALTH_INTERVAL,
+                retries=120,
+            ),
         }
     }
     for name in topology.nodes:
@@ -121,8 +126,13 @@ def compose_document(
     return {"services": services, "networks": networks}
 
 
-def _node_service(name: str, interfaces: dict[str, str], image: str,
-                  build: dict[str, Any], run_volume: str) -> dict[str, Any]:
+def _node_service(
+    name: str,
+    interfaces: dict[str, str],
+    image: str,
+    build: dict[str, Any],
+    run_volume: str,
+) -> dict[str, Any]:
     config = f"{RUN_DIR}/configs/{name}.json"
     service: dict[str, Any] = {
         "image": image,
@@ -132,17 +142,23 @@ def _node_service(name: str, interfaces: dict[str, str], image: str,
         "depends_on": {RUNNER: {"condition": "service_healthy"}},
         "volumes": [run_volume],
         "networks": {
-            segment: {"ipv4_address": address} for segment, address in interfaces.items()
+            segment: {"ipv4_address": address}
+            for segment, address in interfaces.items()
         },
     }
-    service["healthcheck"] = _healthcheck(["smkd-entrypoint", "health", config],
-                                          AGENT_HEALTH_INTERVAL, retries=3)
+    service["healthcheck"] = _healthcheck(
+        ["smkd-entrypoint", "health", config], AGENT_HEALTH_INTERVAL, retries=3
+    )
     return service
 
 
 def _healthcheck(test: list[str], interval: str, retries: int) -> dict[str, Any]:
-    return {"test": ["CMD", *test], "interval": interval, "timeout": "3s",
-            "retries": retries}
+    return {
+        "test": ["CMD", *test],
+        "interval": interval,
+        "timeout": "3s",
+        "retries": retries,
+    }
 
 
 def _build_section(base_dir: Path) -> dict[str, Any]:
@@ -151,11 +167,17 @@ def _build_section(base_dir: Path) -> dict[str, Any]:
     if not (project / "docker" / "Dockerfile").is_file():
         # an installed smkd without its source tree cannot build the image
         return {}
-    return {"build": {"context": relative_path(project, base_dir),
-                      "dockerfile": "docker/Dockerfile"}}
+    return {
+        "build": {
+            "context": relative_path(project, base_dir),
+            "dockerfile": "docker/Dockerfile",
+        }
+    }
 
 
-def source_mounts(files: list[Path], base_dir: Path) -> tuple[list[str], dict[Path, str]]:
+def source_mounts(
+    files: list[Path], base_dir: Path
+) -> tuple[list[str], dict[Path, str]]:
     """Mount the directories of ``files`` read-only under /smkd/src.
 
     The directories keep their layout relative to each other, so that a
@@ -205,13 +227,23 @@ _ComposeDumper.add_representer(list, _represent_list)
 
 def render(document: dict[str, Any], header: str) -> str:
     comments = "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines())
-    body = yaml.dump(document, Dumper=_ComposeDumper, sort_keys=False,
-                     default_flow_style=False, width=88)
+    body = yaml.dump(
+        document,
+        Dumper=_ComposeDumper,
+        sort_keys=False,
+        default_flow_style=False,
+        width=88,
+    )
     return comments + "\n" + body
 
 
-def header_text(topology_arg: str, scenario_arg: str | None, output_arg: str,
-                run_dir: str, scenario: Scenario | None) -> str:
+def header_text(
+    topology_arg: str,
+    scenario_arg: str | None,
+    output_arg: str,
+    run_dir: str,
+    scenario: Scenario | None,
+) -> str:
     command = f"smkd compose {topology_arg}"
     if scenario_arg is not None:
         command += f" --scenario {scenario_arg}"
@@ -224,9 +256,11 @@ def header_text(topology_arg: str, scenario_arg: str | None, output_arg: str,
     if scenario is None:
         lines.append("`docker compose up` starts the agents and keeps them running.")
     else:
-        lines += [f"`docker compose up` runs scenario {scenario.name} and exits. The "
-                  "verdict is in",
-                  f"{run_dir}/summary.json."]
+        lines += [
+            f"`docker compose up` runs scenario {scenario.name} and exits. The "
+            "verdict is in",
+            f"{run_dir}/summary.json.",
+        ]
     lines.append(f"Traces, captures and configs are written to {run_dir}/.")
     return "\n".join(lines)
 
@@ -261,11 +295,15 @@ def add_compose_parser(subparsers: Any) -> None:
     )
     parser.add_argument("topology", help="topology YAML file")
     parser.add_argument("--scenario", help="scenario YAML file on that topology")
-    parser.add_argument("-o", "--output",
-                        help="compose file to write (default: standard output, with "
-                             "paths relative to the current directory)")
-    parser.add_argument("--image", default=DEFAULT_IMAGE,
-                        help=f"node image (default {DEFAULT_IMAGE})")
+    parser.add_argument(
+        "-o",
+        "--output",
+        help="compose file to write (default: standard output, with "
+        "paths relative to the current directory)",
+    )
+    parser.add_argument(
+        "--image", default=DEFAULT_IMAGE, help=f"node image (default {DEFAULT_IMAGE})"
+    )
     parser.set_defaults(handler=run_compose_command)
 
 
@@ -284,13 +322,19 @@ def run_compose_command(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         Path(args.output).write_text(text)
-        print(f"wrote {args.output}; run it with docker compose -f {args.output} up",
-              file=sys.stderr)
+        print(
+            f"wrote {args.output}; run it with docker compose -f {args.output} up",
+            file=sys.stderr,
+        )
     return 0
 
 
-def compose_text(topology_arg: str, scenario_arg: str | None, output_arg: str | None,
-                 image: str = DEFAULT_IMAGE) -> str:
+def compose_text(
+    topology_arg: str,
+    scenario_arg: str | None,
+    output_arg: str | None,
+    image: str = DEFAULT_IMAGE,
+) -> str:
     """Return the compose file that ``smkd compose`` writes for these arguments."""
     topology = load_topology(topology_arg)
     scenario = None
@@ -305,14 +349,17 @@ def compose_text(topology_arg: str, scenario_arg: str | None, output_arg: str | 
         if problems:
             raise ConfigError("\n".join(problems))
     if RUNNER in topology.nodes:
-        raise ConfigError(f"a node is named {RUNNER!r}, the name of the runner "
-                          "service; rename the node")
+        raise ConfigError(
+            f"a node is named {RUNNER!r}, the name of the runner "
+            "service; rename the node"
+        )
 
     base_dir = Path(output_arg).resolve().parent if output_arg else Path.cwd()
     document = compose_document(topology, scenario, base_dir, image)
     run_dir = f"runs/compose-{run_name(topology, scenario)}"
-    header = header_text(topology_arg, scenario_arg, output_arg or "FILE", run_dir,
-                         scenario)
+    header = header_text(
+        topology_arg, scenario_arg, output_arg or "FILE", run_dir, scenario
+    )
     return render(document, header)
 
 
@@ -342,8 +389,12 @@ class ComposeBackend(Backend):
         cls, topology: Topology, run_dir: Path, seed: int, control_dir: Path
     ) -> dict[str, Path]:
         paths = write_node_configs(
-            topology, run_dir, seed, control_dir,
-            addressing=LinkAddressing.assign(topology), agent_captures=False,
+            topology,
+            run_dir,
+            seed,
+            control_dir,
+            addressing=LinkAddressing.assign(topology),
+            agent_captures=False,
         )
         use_unicast_network(topology, paths)
         return paths
@@ -375,8 +426,10 @@ class ComposeBackend(Backend):
 
 
 def _engine_needed(actions: str) -> ConfigError:
-    return ConfigError(f"{actions} need the Docker engine, which the compose runner "
-                       "does not have; run the scenario with smkd run --backend docker")
+    return ConfigError(
+        f"{actions} need the Docker engine, which the compose runner "
+        "does not have; run the scenario with smkd run --backend docker"
+    )
 
 
 def mark_setup_done(run_dir: Path) -> None:
@@ -405,8 +458,11 @@ def serve(run_dir: Path, topology_path: str) -> int:
     prepare_pki(topology, run_dir)
     configs = ComposeBackend.write_configs(topology, run_dir, 1, control_dir)
     mark_setup_done(run_dir)
-    print(f"smkd compose: {len(configs)} agents configured in {run_dir}; "
-          "stop with docker compose down", flush=True)
+    print(
+        f"smkd compose: {len(configs)} agents configured in {run_dir}; "
+        "stop with docker compose down",
+        flush=True,
+    )
 
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
@@ -420,8 +476,11 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 3 or argv[0] not in ("run", "serve"):
-        print("usage: python -m smkd.compose run RUN_DIR SCENARIO\n"
-              "       python -m smkd.compose serve RUN_DIR TOPOLOGY", file=sys.stderr)
+        print(
+            "usage: python -m smkd.compose run RUN_DIR SCENARIO\n"
+            "       python -m smkd.compose serve RUN_DIR TOPOLOGY",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
     command, run_dir, source = argv
     clear_run_dir(Path(run_dir))

@@ -167,7 +167,7 @@ def bench_args(**changes) -> argparse.Namespace:
     values = {
         "quick": False, "topologies": None, "sizes": None, "modes": None,
         "workers": 2, "join_timeout": 120.0, "stall_timeout": 30.0, "seed": 1,
-        "out": None, "profile": False,
+        "out": None, "profile": False, "joins_per_turn": 20,
     }
     values.update(changes)
     return argparse.Namespace(**values)
@@ -182,8 +182,10 @@ def bench_args(**changes) -> argparse.Namespace:
         {"sizes": "0"},
         {"workers": 0},
         {"join_timeout": 0.0},
+        {"joins_per_turn": 0},
     ],
-    ids=["topology", "mode", "size-text", "size-zero", "workers", "timeout"],
+    ids=["topology", "mode", "size-text", "size-zero", "workers", "timeout",
+         "joins-per-turn"],
 )
 def test_parse_study_rejects_invalid(changes, tmp_path):
     from node.errors import ConfigError

@@ -44,14 +44,16 @@ def document() -> dict:
 
 def write_scenario(directory: Path, timeline: str) -> Path:
     path = directory / "scenario.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name: check
         topology: {FIGURE1}
         timeline:
         {textwrap.indent(timeline, "  ")}
         expect:
           - {{type: holds_key, node: h, group: G}}
-        """))
+        """)
+    )
     return path
 
 
@@ -60,10 +62,13 @@ def write_scenario(directory: Path, timeline: str) -> Path:
 
 def test_compose_yaml_up_to_date(monkeypatch):
     monkeypatch.chdir(REPO)
-    expected = compose_text("topologies/figure1.yaml", "scenarios/figure1.yaml",
-                            "compose.yaml")
+    expected = compose_text(
+        "topologies/figure1.yaml", "scenarios/figure1.yaml", "compose.yaml"
+    )
     actual = (REPO / "compose.yaml").read_text()
-    assert actual == expected, f"compose.yaml is out of date; regenerate it: {REGENERATE}"
+    assert actual == expected, (
+        f"compose.yaml is out of date; regenerate it: {REGENERATE}"
+    )
 
 
 def test_compose_yaml_names_its_run_dir():
@@ -96,8 +101,10 @@ def test_node_addresses_match_link_addressing(document):
     unicast = unicast_addresses(topology)
     for name in topology.nodes:
         networks = document["services"][name]["networks"]
-        expected = {seg: {"ipv4_address": addr}
-                    for seg, addr in addressing.interfaces(name).items()}
+        expected = {
+            seg: {"ipv4_address": addr}
+            for seg, addr in addressing.interfaces(name).items()
+        }
         expected["unicast"] = {"ipv4_address": unicast[name]}
         assert networks == expected, name
 
@@ -107,7 +114,11 @@ def test_nodes_wait_for_runner_health(document):
         if name == "runner":
             continue
         assert service["depends_on"] == {"runner": {"condition": "service_healthy"}}
-        assert service["healthcheck"]["test"][:3] == ["CMD", "smkd-entrypoint", "health"]
+        assert service["healthcheck"]["test"][:3] == [
+            "CMD",
+            "smkd-entrypoint",
+            "health",
+        ]
         assert service["command"] == [f"{RUN_DIR}/configs/{name}.json"]
 
 
@@ -116,8 +127,12 @@ def test_runner_runs_scenario_without_network(document):
     assert runner["command"] == ["run", RUN_DIR, "/smkd/src/scenarios/figure1.yaml"]
     assert runner["network_mode"] == "none"
     assert runner["environment"] == {"SMKD_COMPOSE": "1"}
-    assert runner["healthcheck"]["test"] == ["CMD", "smkd-entrypoint", "setup-done",
-                                             RUN_DIR]
+    assert runner["healthcheck"]["test"] == [
+        "CMD",
+        "smkd-entrypoint",
+        "setup-done",
+        RUN_DIR,
+    ]
 
 
 def test_every_service_shares_run_dir(document):
@@ -136,8 +151,10 @@ def test_without_scenario_runner_serves():
     document = compose_document(topology, None, REPO)
     runner = document["services"]["runner"]
     assert runner["command"] == ["serve", RUN_DIR, "/smkd/src/figure1.yaml"]
-    assert runner["volumes"] == [f"./runs/compose-figure1:{RUN_DIR}",
-                                 f"./topologies:/smkd/src:ro"]
+    assert runner["volumes"] == [
+        f"./runs/compose-figure1:{RUN_DIR}",
+        "./topologies:/smkd/src:ro",
+    ]
 
 
 def test_paths_relative_to_output_dir(tmp_path):
@@ -194,15 +211,19 @@ def test_rejects_node_stop(tmp_path):
 
 def test_rejects_other_topology():
     with pytest.raises(ConfigError, match="pass its own topology"):
-        compose_text(str(REPO / "topologies" / "denied-host.yaml"),
-                     str(FIGURE1_SCENARIO), None)
+        compose_text(
+            str(REPO / "topologies" / "denied-host.yaml"), str(FIGURE1_SCENARIO), None
+        )
 
 
 def test_rejects_node_named_runner(tmp_path):
     topology = tmp_path / "t.yaml"
     text = FIGURE1.read_text()
-    topology.write_text(text.replace("init:", "runner:").replace("init", "runner")
-                        .replace("runneriator", "initiator"))
+    topology.write_text(
+        text.replace("init:", "runner:")
+        .replace("init", "runner")
+        .replace("runneriator", "initiator")
+    )
     with pytest.raises(ConfigError, match="named 'runner'"):
         compose_text(str(topology), None, None)
 
@@ -244,8 +265,10 @@ def test_compose_configs_use_link_addresses(tmp_path):
     document = yaml.safe_load(configs["A"].read_text())
     assert document["bind"] == "0.0.0.0"
     unicast = unicast_addresses(topology)
-    assert document["interfaces"] == {**addressing.interfaces("A"),
-                                      "unicast": unicast["A"]}
+    assert document["interfaces"] == {
+        **addressing.interfaces("A"),
+        "unicast": unicast["A"],
+    }
     # C shares no link with A, so A reaches it over the unicast network
     assert document["peer_addresses"]["C"] == unicast["C"]
     assert document["peer_addresses"]["B"] == addressing.addresses[("B", "A-B")]

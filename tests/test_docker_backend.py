@@ -14,6 +14,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import socket
 import struct
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ from backend_support import require
 from node.capture import PcapWriter, read_pcap
 from node.errors import ConfigError
 from smkd.backends import docker as docker_backend
+from smkd.backends.docker import captures, resources
 from smkd.backends import get_backend
 from smkd.cli import main
 from smkd.configs import LinkAddressing, prepare_pki
@@ -80,9 +82,11 @@ def require_engine() -> object:
 
 
 def own_resources(client: object) -> list:
-    label = f"{docker_backend.OWNER_LABEL}={docker_backend.owner_label()}"
-    return [*client.containers.list(all=True, filters={"label": label}),
-            *client.networks.list(filters={"label": label})]
+    label = f"{resources.OWNER_LABEL}={resources.owner_label()}"
+    return [
+        *client.containers.list(all=True, filters={"label": label}),
+        *client.networks.list(filters={"label": label}),
+    ]
 
 
 def write_part(path: Path, datagrams: list[tuple[float, str, str, bytes]]) -> None:
@@ -95,11 +99,13 @@ def write_part(path: Path, datagrams: list[tuple[float, str, str, bytes]]) -> No
 
 
 def test_merge_orders_by_time(tmp_path):
-    write_part(tmp_path / "A-1.pcap", [(10.0, "10.0.0.2", "10.0.0.3", b"a1"),
-                                        (12.0, "10.0.0.2", "10.0.0.3", b"a2")])
+    write_part(
+        tmp_path / "A-1.pcap",
+        [(10.0, "10.0.0.2", "10.0.0.3", b"a1"), (12.0, "10.0.0.2", "10.0.0.3", b"a2")],
+    )
     write_part(tmp_path / "B-1.pcap", [(11.0, "10.0.0.3", "10.0.0.2", b"b1")])
     output = tmp_path / "A-B.pcap"
-    count = docker_backend.merge_pcaps(sorted(tmp_path.glob("*-1.pcap")), output)
+    count = captures.merge_pcaps(sorted(tmp_path.glob("*-1.pcap")), output)
     assert count == 3
     assert [d.payload for d in read_pcap(output)] == [b"a1", b"b1", b"a2"]
     assert [d.timestamp for d in read_pcap(output)] == [10.0, 11.0, 12.0]
@@ -107,10 +113,15 @@ def test_merge_orders_by_time(tmp_path):
 
 def test_merge_drops_cut_record(tmp_path):
     part = tmp_path / "A-1.pcap"
-    write_part(part, [(1.0, "10.0.0.2", "10.0.0.3", b"whole"),
-                      (2.0, "10.0.0.2", "10.0.0.3", b"cut short")])
+    write_part(
+        part,
+        [
+            (1.0, "10.0.0.2", "10.0.0.3", b"whole"),
+            (2.0, "10.0.0.2", "10.0.0.3", b"cut short"),
+        ],
+    )
     part.write_bytes(part.read_bytes()[:-4])
-    records = docker_backend.read_pcap_records(part)
+    records = captures.read_pcap_records(part)
     assert len(records) == 1
 
 
@@ -118,7 +129,7 @@ def test_merge_skips_empty_part(tmp_path):
     (tmp_path / "A-1.pcap").write_bytes(b"")
     write_part(tmp_path / "B-1.pcap", [(1.0, "10.0.0.3", "10.0.0.2", b"x")])
     output = tmp_path / "out.pcap"
-    assert docker_backend.merge_pcaps(sorted(tmp_path.glob("*-1.pcap")), output) == 1
+    assert captures.merge_pcaps(sorted(tmp_path.glob("*-1.pcap")), output) == 1
 
 
 def test_merge_reads_nanosecond_big_endian(tmp_path):
@@ -127,21 +138,21 @@ def test_merge_reads_nanosecond_big_endian(tmp_path):
     record = struct.pack(">IIII", 5, 250_000_000, len(frame), len(frame))
     part = tmp_path / "x.pcap"
     part.write_bytes(header + record + frame)
-    assert docker_backend.read_pcap_records(part) == [(5_250_000, 20, frame)]
+    assert captures.read_pcap_records(part) == [(5_250_000, 20, frame)]
 
 
 def test_merge_rejects_other_link_type(tmp_path):
     part = tmp_path / "x.pcap"
     part.write_bytes(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 101))
     with pytest.raises(ValueError, match="link type 101"):
-        docker_backend.read_pcap_records(part)
+        captures.read_pcap_records(part)
 
 
 def test_merge_rejects_pcapng(tmp_path):
     part = tmp_path / "x.pcap"
     part.write_bytes(bytes.fromhex("0a0d0d0a") + b"\x00" * 24)
     with pytest.raises(ValueError, match="not a classic pcap"):
-        docker_backend.read_pcap_records(part)
+        captures.read_pcap_records(part)
 
 
 def test_merge_parts_per_segment(tmp_path):
@@ -151,7 +162,7 @@ def test_merge_parts_per_segment(tmp_path):
     write_part(parts / "A-B" / "A-1.pcap", [(1.0, "10.0.0.2", "10.0.0.3", b"x")])
     write_part(parts / "A-B" / "A-2.pcap", [(3.0, "10.0.0.2", "10.0.0.3", b"z")])
     write_part(parts / "lan-A" / "h-1.pcap", [(2.0, "10.0.3.3", "10.0.3.2", b"y")])
-    merged = docker_backend.merge_capture_parts(tmp_path)
+    merged = captures.merge_capture_parts(tmp_path)
     assert merged == [tmp_path / "A-B.pcap", tmp_path / "lan-A.pcap"]
     assert [d.payload for d in read_pcap(tmp_path / "A-B.pcap")] == [b"x", b"z"]
     assert not parts.exists()
@@ -161,7 +172,7 @@ def test_merge_keeps_unreadable_parts(tmp_path):
     parts = tmp_path / "parts" / "A-B"
     parts.mkdir(parents=True)
     (parts / "A-1.pcap").write_bytes(b"\x00" * 40)
-    assert docker_backend.merge_capture_parts(tmp_path) == []
+    assert captures.merge_capture_parts(tmp_path) == []
     assert (parts / "A-1.pcap").exists()
 
 
@@ -169,9 +180,21 @@ def test_merge_keeps_unreadable_parts(tmp_path):
 
 
 def test_netem_arguments_units():
-    impairment = {"delay": 0.005, "jitter": 0.001, "loss": 0.02, "bandwidth": 10_000_000}
+    impairment = {
+        "delay": 0.005,
+        "jitter": 0.001,
+        "loss": 0.02,
+        "bandwidth": 10_000_000,
+    }
     assert entrypoint.netem_arguments(impairment) == [
-        "netem", "delay", "5000us", "1000us", "loss", "2%", "rate", "10000000bit",
+        "netem",
+        "delay",
+        "5000us",
+        "1000us",
+        "loss",
+        "2%",
+        "rate",
+        "10000000bit",
     ]
 
 
@@ -236,7 +259,9 @@ def test_registered_as_docker():
 
 def require_sdk() -> None:
     installed = importlib.util.find_spec("docker") is not None
-    require(installed, "the Docker SDK for Python is not installed (pip install docker)")
+    require(
+        installed, "the Docker SDK for Python is not installed (pip install docker)"
+    )
 
 
 def test_missing_sdk_explained(monkeypatch):
@@ -287,7 +312,9 @@ def test_netem_probe_matches_kernel():
 def test_netem_configs_leave_links_to_kernel(tmp_path, monkeypatch):
     require_engine()
     backend_class = docker_backend.DockerBackend
-    monkeypatch.setattr(backend_class, "netem_available", classmethod(lambda c, _: True))
+    monkeypatch.setattr(
+        backend_class, "netem_available", classmethod(lambda c, _: True)
+    )
     topology = load_scenario(REPO / "scenarios" / "figure1.yaml").topology
     configs = backend_class.write_configs(topology, tmp_path, 1, tmp_path / "ctl")
     document = json.loads(configs["A"].read_text())
@@ -297,13 +324,16 @@ def test_netem_configs_leave_links_to_kernel(tmp_path, monkeypatch):
 def test_unicast_reaches_peers_without_link(tmp_path, monkeypatch):
     require_engine()
     topology = load_scenario(REPO / "scenarios" / "figure1.yaml").topology
-    configs = docker_backend.DockerBackend.write_configs(topology, tmp_path, 1,
-                                                         tmp_path / "ctl")
+    configs = docker_backend.DockerBackend.write_configs(
+        topology, tmp_path, 1, tmp_path / "ctl"
+    )
     addressing = LinkAddressing.assign(topology)
     unicast = docker_backend.unicast_addresses(topology)
     document = json.loads(configs["h"].read_text())
-    assert document["interfaces"] == {**addressing.interfaces("h"),
-                                      "unicast": unicast["h"]}
+    assert document["interfaces"] == {
+        **addressing.interfaces("h"),
+        "unicast": unicast["h"],
+    }
     assert document["peer_addresses"]["C"] == unicast["C"]
     assert document["peer_addresses"]["init"] == unicast["init"]
     assert document["peer_addresses"]["A"] == addressing.addresses[("A", "lan-A")]
@@ -314,14 +344,19 @@ def test_unicast_addresses_distinct():
     addresses = docker_backend.unicast_addresses(topology)
     assert sorted(addresses) == sorted(topology.nodes)
     assert len(set(addresses.values())) == len(addresses)
-    assert all(ipaddress.ip_address(a) in docker_backend.UNICAST_SUBNET
-               for a in addresses.values())
+    assert all(
+        ipaddress.ip_address(a) in docker_backend.UNICAST_SUBNET
+        for a in addresses.values()
+    )
 
 
 def test_unicast_name_reserved(tmp_path):
     path = tmp_path / "t.yaml"
-    path.write_text((REPO / "topologies" / "figure1.yaml").read_text()
-                    .replace("name: lan-A", "name: unicast"))
+    path.write_text(
+        (REPO / "topologies" / "figure1.yaml")
+        .read_text()
+        .replace("name: lan-A", "name: unicast")
+    )
     topology = load_topology(path)
     with pytest.raises(ConfigError, match="rename it"):
         docker_backend.unicast_addresses(topology)
@@ -341,7 +376,9 @@ def test_scenario_passes_on_docker(name, tmp_path):
         path.write_text(ABILENE_LINK_FAILURE.format(topology=topology))
     client = require_engine()
     result = run_scenario(path, backend="docker", out=str(tmp_path / name), quiet=True)
-    failed = [f"{o.expectation.name}: {o.detail}" for o in result.outcomes if not o.passed]
+    failed = [
+        f"{o.expectation.name}: {o.detail}" for o in result.outcomes if not o.passed
+    ]
     assert result.ready_error is None
     assert result.action_errors == []
     assert failed == []
@@ -358,7 +395,9 @@ def test_faults_reach_containers(tmp_path):
     (run_dir / "logs").mkdir(parents=True)
     prepare_pki(topology, run_dir)
     control_dir = run_dir / "ctl"
-    configs = docker_backend.DockerBackend.write_configs(topology, run_dir, 1, control_dir)
+    configs = docker_backend.DockerBackend.write_configs(
+        topology, run_dir, 1, control_dir
+    )
     backend = docker_backend.DockerBackend(topology, run_dir, configs, control_dir)
     addressing = LinkAddressing.assign(topology)
 
@@ -437,13 +476,15 @@ def test_stale_resources_removed():
     import docker
 
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
-    owner = f"{docker_backend.socket.gethostname()}:{pid_max + 1}"
+    owner = f"{socket.gethostname()}:{pid_max + 1}"
     network = client.networks.create(
-        "smkd-test-stale", driver="bridge", internal=True,
-        labels={docker_backend.OWNER_LABEL: owner},
+        "smkd-test-stale",
+        driver="bridge",
+        internal=True,
+        labels={resources.OWNER_LABEL: owner},
     )
     try:
-        docker_backend.remove_stale_resources(client)
+        resources.remove_stale_resources(client)
         names = [n.name for n in client.networks.list(names=["smkd-test-stale"])]
         assert names == []
     finally:
@@ -455,13 +496,15 @@ def test_stale_resources_removed():
 
 def test_live_run_resources_kept():
     client = require_engine()
-    owner = f"{docker_backend.socket.gethostname()}:{os.getpid()}"
+    owner = f"{socket.gethostname()}:{os.getpid()}"
     network = client.networks.create(
-        "smkd-test-live", driver="bridge", internal=True,
-        labels={docker_backend.OWNER_LABEL: owner},
+        "smkd-test-live",
+        driver="bridge",
+        internal=True,
+        labels={resources.OWNER_LABEL: owner},
     )
     try:
-        docker_backend.remove_stale_resources(client)
+        resources.remove_stale_resources(client)
         names = [n.name for n in client.networks.list(names=["smkd-test-live"])]
         assert names == ["smkd-test-live"]
     finally:

@@ -10,8 +10,9 @@ configs' paths and the agents' Unix control sockets work on both sides.
 
 Faults: a link goes down when its network is disconnected from every
 member, and comes back when they are connected again. A node stops and
-starts with its container. Delay, jitter, loss and bandwidth come from tc netem inside the
-containers where the kernel has netem, else from the agents where they send.
+starts with its container. Delay, jitter, loss and bandwidth come from tc
+netem inside the containers where the kernel has netem, else from the
+agents where they send.
 
 End-to-end messages (the ACL upload and the sender key exchange) may pass
 between nodes that share no link. Docker drops routed traffic between
@@ -24,9 +25,9 @@ link (see docker/entrypoint.py). When the run ends, the backend merges these
 parts into one ``captures/SEGMENT.pcap`` per link or LAN, plus
 ``captures/unicast.pcap`` for the end-to-end messages.
 
-Containers and networks carry the labels ``smkd.run`` and ``smkd.owner``
-(host and process id). :meth:`DockerBackend.stop` removes them, and the next
-run on the same host removes those of runs whose process has died.
+Containers and networks carry labels (see resources.py):
+:meth:`DockerBackend.stop` removes them, and the next run on the same host
+removes those of runs whose process has died.
 """
 
 from __future__ import annotations
@@ -37,9 +38,6 @@ import json
 import logging
 import os
 import secrets
-import shutil
-import socket
-import struct
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,16 +47,29 @@ from typing import Any
 
 from node.errors import ConfigError, SmkdError
 
-from ..configs import LinkAddressing, segment_members, segment_peers, write_node_configs
-from ..control import send_command
-from ..model import Impairment, Topology
-from . import Backend
+from ...configs import (
+    LinkAddressing,
+    segment_members,
+    segment_peers,
+    write_node_configs,
+)
+from ...control import send_command
+from ...model import Impairment, Topology
+from .. import Backend
+from .captures import merge_capture_parts
+from .resources import (
+    OWNER_LABEL,
+    RUN_LABEL,
+    WORKERS,
+    owner_label,
+    probe_netem,
+    remove_resources,
+    remove_stale_resources,
+)
 
 log = logging.getLogger("smkd.docker")
 
 DEFAULT_IMAGE = "smkd-node:latest"
-RUN_LABEL = "smkd.run"
-OWNER_LABEL = "smkd.owner"
 
 # seconds a container has to stop after SIGTERM before Docker kills it
 STOP_TIMEOUT = 5
@@ -75,9 +86,6 @@ CAPTURE_RESTART_TIMEOUT = 3.0
 # the network for end-to-end messages, beside LinkAddressing's 10.x.y.0/24s
 UNICAST = "unicast"
 UNICAST_SUBNET = ipaddress.IPv4Network("10.255.0.0/16")
-
-# parallel Docker API calls, below the SDK's pool of 10 connections per client
-WORKERS = 8
 
 
 def image_name() -> str:
@@ -134,8 +142,12 @@ class DockerBackend(Backend):
         cls, topology: Topology, run_dir: Path, seed: int, control_dir: Path
     ) -> dict[str, Path]:
         paths = write_node_configs(
-            topology, run_dir, seed, control_dir,
-            addressing=LinkAddressing.assign(topology), agent_captures=False,
+            topology,
+            run_dir,
+            seed,
+            control_dir,
+            addressing=LinkAddressing.assign(topology),
+            agent_captures=False,
         )
         use_unicast_network(topology, paths)
         if cls.netem_available(connect_engine()):
@@ -157,7 +169,7 @@ class DockerBackend(Backend):
             return False
         image = image_name()
         if image not in cls._netem:
-            cls._netem[image] = _probe_netem(client, image)
+            cls._netem[image] = probe_netem(client, image)
         return cls._netem[image]
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -185,8 +197,9 @@ class DockerBackend(Backend):
     async def start(self) -> None:
         remove_stale_resources(self.client)
         segments = list(self.subnets)
-        self.networks = dict(zip(segments, self._parallel(self._create_network,
-                                                          segments)))
+        self.networks = dict(
+            zip(segments, self._parallel(self._create_network, segments))
+        )
         created = self._parallel(self._create_container, self.configs)
         self.containers = dict(zip(self.configs, created))
         self._parallel(lambda name: self.containers[name].start(), self.containers)
@@ -219,8 +232,10 @@ class DockerBackend(Backend):
         await asyncio.to_thread(container.start)
         missing = await self._wait_answering([name], START_TIMEOUT)
         if missing:
-            raise ConfigError(f"node {name} did not respond within {START_TIMEOUT:g} s "
-                              "of its container starting")
+            raise ConfigError(
+                f"node {name} did not respond within {START_TIMEOUT:g} s "
+                "of its container starting"
+            )
 
     async def set_link(
         self, segment: str, up: bool | None = None, impairment: Impairment | None = None
@@ -293,9 +308,13 @@ class DockerBackend(Backend):
         import docker
 
         subnet = self.subnets[segment]
-        ipam = docker.types.IPAMConfig(pool_configs=[
-            docker.types.IPAMPool(subnet=str(subnet), gateway=str(subnet.network_address + 1))
-        ])
+        ipam = docker.types.IPAMConfig(
+            pool_configs=[
+                docker.types.IPAMPool(
+                    subnet=str(subnet), gateway=str(subnet.network_address + 1)
+                )
+            ]
+        )
         name = f"smkd-{self.run_id}-{segment}"
         try:
             return self.client.networks.create(
@@ -313,11 +332,13 @@ class DockerBackend(Backend):
         interfaces = self.interfaces[name]
         segments = list(interfaces)
         first = segments[0]
-        networking = api.create_networking_config({
-            self.networks[first].name: api.create_endpoint_config(
-                ipv4_address=interfaces[first]
-            )
-        })
+        networking = api.create_networking_config(
+            {
+                self.networks[first].name: api.create_endpoint_config(
+                    ipv4_address=interfaces[first]
+                )
+            }
+        )
         environment = {}
         if os.getuid() != 0:
             # files and sockets the agent creates then belong to this user
@@ -390,7 +411,9 @@ class DockerBackend(Backend):
         self.containers = {}
         self.networks = {}
 
-    def _parallel(self, function: Callable[[str], Any], names: Iterable[str]) -> list[Any]:
+    def _parallel(
+        self, function: Callable[[str], Any], names: Iterable[str]
+    ) -> list[Any]:
         with ThreadPoolExecutor(WORKERS) as pool:
             return list(pool.map(function, names))
 
@@ -402,8 +425,11 @@ class DockerBackend(Backend):
             still = []
             for name in waiting:
                 try:
-                    await send_command(self.control_dir / f"{name}.sock",
-                                       {"cmd": "status"}, timeout=1.0)
+                    await send_command(
+                        self.control_dir / f"{name}.sock",
+                        {"cmd": "status"},
+                        timeout=1.0,
+                    )
                 except SmkdError:
                     still.append(name)
                 _raise_if_cancelled()
@@ -416,8 +442,11 @@ class DockerBackend(Backend):
         container = self.containers[name]
         container.reload()
         if container.status in ("exited", "dead"):
-            log.warning("docker: the container of %s exited with status %s",
-                        name, container.attrs["State"].get("ExitCode"))
+            log.warning(
+                "docker: the container of %s exited with status %s",
+                name,
+                container.attrs["State"].get("ExitCode"),
+            )
             return False
         return True
 
@@ -455,8 +484,13 @@ class DockerBackend(Backend):
                 _wait_for_part(parts, member, before)
         self.down.discard(segment)
 
-    def _set_netem(self, segment: str, members: Iterable[str],
-                   impairment: Impairment | None, up: bool | None = None) -> None:
+    def _set_netem(
+        self,
+        segment: str,
+        members: Iterable[str],
+        impairment: Impairment | None,
+        up: bool | None = None,
+    ) -> None:
         # NOTE: netem has not run here, because the kernel this backend was
         # tested on lacks it; only agent-side emulation has run end to end.
         for member in members:
@@ -468,11 +502,14 @@ class DockerBackend(Backend):
                 ["smkd-entrypoint", "netem", config, segment]
             )
             if result.exit_code != 0:
-                raise ConfigError(f"cannot set netem on {member} for {segment}: "
-                                  f"{result.output.decode(errors='replace').strip()}")
+                raise ConfigError(
+                    f"cannot set netem on {member} for {segment}: "
+                    f"{result.output.decode(errors='replace').strip()}"
+                )
 
-    def _write_netem_state(self, member: str, segment: str,
-                           impairment: Impairment | None, up: bool | None) -> None:
+    def _write_netem_state(
+        self, member: str, segment: str, impairment: Impairment | None, up: bool | None
+    ) -> None:
         """Record what ``member`` sends with on ``segment``, for the entrypoint.
 
         The entrypoint applies it now and again when the interface comes back.
@@ -511,8 +548,10 @@ def unicast_addresses(topology: Topology) -> dict[str, str]:
     """Return each node's address on the unicast network, in topology order."""
     subnets = LinkAddressing.assign(topology).subnets
     if UNICAST in subnets:
-        raise ConfigError(f"a link or LAN is named {UNICAST!r}, the name of the "
-                          "network for end-to-end messages; rename it")
+        raise ConfigError(
+            f"a link or LAN is named {UNICAST!r}, the name of the "
+            "network for end-to-end messages; rename it"
+        )
     if any(subnet.overlaps(UNICAST_SUBNET) for subnet in subnets.values()):
         raise ConfigError(
             f"{len(subnets)} links and LANs reach into {UNICAST_SUBNET}, which "
@@ -561,174 +600,11 @@ def _wait_for_part(directory: Path, node: str, before: int) -> None:
     deadline = time.monotonic() + CAPTURE_RESTART_TIMEOUT
     while _part_count(directory, node) <= before:
         if time.monotonic() > deadline:
-            log.warning("docker: %s did not restart its capture on %s within %g s",
-                        node, directory.name, CAPTURE_RESTART_TIMEOUT)
+            log.warning(
+                "docker: %s did not restart its capture on %s within %g s",
+                node,
+                directory.name,
+                CAPTURE_RESTART_TIMEOUT,
+            )
             return
         time.sleep(0.05)
-
-
-# resources of this and of dead runs
-
-
-def owner_label() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def remove_resources(client: Any, label: str) -> None:
-    """Remove every container, then every network, that carries ``label``."""
-    containers = client.containers.list(all=True, filters={"label": label})
-    with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(lambda c: _remove(c, "container", force=True), containers))
-    networks = client.networks.list(filters={"label": label})
-    with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(lambda n: _remove(n, "network"), networks))
-
-
-def _remove(resource: Any, kind: str, **options: Any) -> None:
-    import docker
-
-    try:
-        resource.remove(**options)
-    except docker.errors.NotFound:
-        pass
-    except docker.errors.APIError as error:
-        log.warning("docker: cannot remove %s %s: %s", kind, resource.name, error)
-
-
-def remove_stale_resources(client: Any) -> None:
-    """Remove resources left by runs on this host whose process has died."""
-    host = socket.gethostname()
-    owners = set()
-    for container in client.containers.list(all=True, filters={"label": OWNER_LABEL}):
-        owners.add(container.labels.get(OWNER_LABEL, ""))
-    for network in client.networks.list(filters={"label": OWNER_LABEL}):
-        owners.add((network.attrs.get("Labels") or {}).get(OWNER_LABEL, ""))
-    for owner in owners:
-        owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not _process_alive(int(pid)):
-            log.info("docker: removing containers and networks of dead run %s", owner)
-            remove_resources(client, f"{OWNER_LABEL}={owner}")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _probe_netem(client: Any, image: str) -> bool:
-    import docker
-
-    try:
-        client.containers.run(
-            image, entrypoint=["tc"],
-            command=["qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
-            network_mode="none", cap_add=["NET_ADMIN"], remove=True,
-            labels={OWNER_LABEL: owner_label()},
-        )
-    except docker.errors.ContainerError:
-        return False
-    return True
-
-
-# captures
-
-
-_RECORD = "IIII"
-_GLOBAL = "IHHiIII"
-_MAGIC_MICROSECONDS = 0xA1B2C3D4
-_MAGIC_NANOSECONDS = 0xA1B23C4D
-_LINKTYPE_ETHERNET = 1
-_SNAPLEN = 262_144
-
-
-def merge_capture_parts(captures_dir: Path) -> list[Path]:
-    """Merge ``parts/SEGMENT/*.pcap`` into ``SEGMENT.pcap``; return the merged files.
-
-    The parts directory is removed once every segment is merged. A part that
-    cannot be read is logged and left in place with its directory.
-    """
-    parts_dir = captures_dir / "parts"
-    if not parts_dir.is_dir():
-        return []
-    merged = []
-    complete = True
-    for segment_dir in sorted(p for p in parts_dir.iterdir() if p.is_dir()):
-        parts = sorted(segment_dir.glob("*.pcap"))
-        output = captures_dir / f"{segment_dir.name}.pcap"
-        try:
-            merge_pcaps(parts, output)
-        except ValueError as error:
-            log.warning("docker: cannot merge the captures of %s: %s",
-                        segment_dir.name, error)
-            complete = False
-            continue
-        merged.append(output)
-    if complete:
-        shutil.rmtree(parts_dir, ignore_errors=True)
-    return merged
-
-
-def merge_pcaps(parts: Iterable[Path], output: Path) -> int:
-    """Write the Ethernet frames of ``parts`` to ``output`` in time order.
-
-    Returns the number of frames. A record cut short at the end of a part
-    (a capture killed mid-write) is left out. Raises ValueError for a part
-    that is not a classic Ethernet pcap file.
-    """
-    records: list[tuple[int, int, bytes]] = []
-    for part in parts:
-        records.extend(read_pcap_records(part))
-    # a stable sort keeps each part's own order for equal timestamps
-    records.sort(key=lambda record: record[0])
-
-    with open(output, "wb") as file:
-        file.write(struct.pack("<" + _GLOBAL, _MAGIC_MICROSECONDS, 2, 4, 0, 0,
-                               _SNAPLEN, _LINKTYPE_ETHERNET))
-        for microseconds, original_length, frame in records:
-            seconds, fraction = divmod(microseconds, 1_000_000)
-            file.write(struct.pack("<" + _RECORD, seconds, fraction, len(frame),
-                                   original_length))
-            file.write(frame)
-    return len(records)
-
-
-def read_pcap_records(path: Path) -> list[tuple[int, int, bytes]]:
-    """Return (microseconds since the epoch, original length, frame) per record."""
-    data = path.read_bytes()
-    header_size = struct.calcsize("<" + _GLOBAL)
-    if len(data) < header_size:
-        # tcpdump writes its header with the first packet; no packet, no header
-        return []
-    order, ticks = _pcap_format(data[:4], path)
-    link_type = struct.unpack_from(order + _GLOBAL, data)[6] & 0xFFFF
-    if link_type != _LINKTYPE_ETHERNET:
-        raise ValueError(f"{path}: link type {link_type}, expected 1 (Ethernet)")
-
-    records = []
-    offset = header_size
-    record_size = struct.calcsize(_RECORD)
-    while offset + record_size <= len(data):
-        seconds, fraction, captured, original = struct.unpack_from(order + _RECORD,
-                                                                   data, offset)
-        start = offset + record_size
-        if start + captured > len(data):
-            break
-        microseconds = seconds * 1_000_000 + fraction * 1_000_000 // ticks
-        records.append((microseconds, original, data[start : start + captured]))
-        offset = start + captured
-    return records
-
-
-def _pcap_format(magic: bytes, path: Path) -> tuple[str, int]:
-    for order in ("<", ">"):
-        (value,) = struct.unpack(order + "I", magic)
-        if value == _MAGIC_MICROSECONDS:
-            return order, 1_000_000
-        if value == _MAGIC_NANOSECONDS:
-            return order, 1_000_000_000
-    raise ValueError(f"{path}: not a classic pcap file (magic 0x{magic.hex()})")
