@@ -49,12 +49,16 @@ def _mac(secret: bytes, sender: str, receiver: str, packet: bytes) -> hmac.HMAC:
 class HandleTable:
     """The handle secrets one node shares with its tree neighbours in one group.
 
-    Secrets are kept in bytearrays and overwritten when dropped.
+    A new join-ack replaces the secret of a link, and packets tagged under the
+    old one may still be on their way, so the secret it replaced is still
+    accepted (never used to send) until the next replacement. Secrets are kept
+    in bytearrays and overwritten when dropped.
     """
 
     def __init__(self, owner: str):
         self.owner = owner
         self._secrets: dict[str, bytearray] = {}
+        self._previous: dict[str, bytearray] = {}
 
     def __contains__(self, neighbour: str) -> bool:
         return neighbour in self._secrets
@@ -70,13 +74,15 @@ class HandleTable:
             raise ConfigError(
                 f"handle secret is {len(secret)} bytes, expected {SECRET_SIZE}"
             )
-        self.drop(neighbour)
+        _overwrite(self._previous.pop(neighbour, None))
+        current = self._secrets.pop(neighbour, None)
+        if current is not None:
+            self._previous[neighbour] = current
         self._secrets[neighbour] = bytearray(secret)
 
     def drop(self, neighbour: str) -> None:
-        secret = self._secrets.pop(neighbour, None)
-        if secret is not None:
-            secret[:] = bytes(len(secret))
+        _overwrite(self._secrets.pop(neighbour, None))
+        _overwrite(self._previous.pop(neighbour, None))
 
     def retain(self, neighbours: set[str]) -> None:
         """Drop the handles of every neighbour not in ``neighbours``."""
@@ -111,10 +117,20 @@ class HandleTable:
                 f"{self.owner} shares no packet handle with {neighbour}",
                 reason="no-handle",
             )
-        # HMAC.verify takes only full-length tags, so the truncated handle is
-        # compared in constant time instead
-        expected = _mac(bytes(secret), neighbour, self.owner, packet).finalize()
-        if not constant_time.bytes_eq(expected[:HANDLE_SIZE], bytes(handle)):
-            raise AuthenticationFailed(
-                f"packet handle from {neighbour} does not verify", reason="bad-handle"
-            )
+        candidates = [secret]
+        if neighbour in self._previous:
+            candidates.append(self._previous[neighbour])
+        for candidate in candidates:
+            # HMAC.verify takes only full-length tags, so the truncated handle
+            # is compared in constant time instead
+            expected = _mac(bytes(candidate), neighbour, self.owner, packet).finalize()
+            if constant_time.bytes_eq(expected[:HANDLE_SIZE], bytes(handle)):
+                return
+        raise AuthenticationFailed(
+            f"packet handle from {neighbour} does not verify", reason="bad-handle"
+        )
+
+
+def _overwrite(secret: bytearray | None) -> None:
+    if secret is not None:
+        secret[:] = bytes(len(secret))

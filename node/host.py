@@ -12,19 +12,22 @@ primary core until the core accepts it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from .bundles import key_fields, open_bundle
 from .codec import Writer
-from .documents import HostToken, KeyBundle, SignedAcl
+from .documents import AclMode, HostToken, KeyBundle, SignedAcl
 from .errors import AuthenticationFailed, ConfigError, ProtocolError
 from .machine import GroupConfig, Machine, Received
+from .member import MemberState
 from .messages import (
     AclAccept, AclUpload, ControlHeader, KeyDelivery, MembershipReport,
     MessageType, ReasonCode, ReportCode, SealedAcl,
 )
 from .router import Router, acl_seal_info
+from .sender import GroupSender
 
 
 # refresh tokens a host keeps answerable; older ones are forgotten
@@ -44,12 +47,13 @@ class Membership:
     sa: KeyBundle | None = field(default=None, repr=False)
 
 
-class Host(Machine):
+class Host(GroupSender):
     def __init__(self, config, identity, directory, randbytes):
         super().__init__(config, identity, directory, randbytes)
         if config.gateway is None:
             raise ConfigError(f"host {config.name} has no designated router (gateway)")
         self.memberships = {g.address: Membership(g) for g in config.groups}
+        self.init_member()
 
     def _membership(self, group_name: str) -> Membership:
         group = self.config.group_by_name(group_name)
@@ -88,6 +92,7 @@ class Host(Machine):
         membership.next_refresh = None
         membership.outstanding.clear()
         self._send_report(membership, ReportCode.LEAVE, now)
+        self.erase_member_keys(self.member_state[membership.config.address], now)
         if membership.sa is not None:
             membership.sa = None
             self.trace(now, "key_erased", group=group_name)
@@ -116,9 +121,14 @@ class Host(Machine):
     def next_timer(self) -> float | None:
         times = [t for m in self.memberships.values()
                  for t in (m.next_report, m.next_refresh) if t is not None]
+        times += [
+            t for t in (self.member_timer(), self.sender_timer()) if t is not None
+        ]
         return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
+        self.handle_member_timer(now)
+        self.handle_sender_timer(now)
         retries = self.config.timers.report_retries
         for membership in self.memberships.values():
             self._refresh(membership, now)
@@ -143,6 +153,14 @@ class Host(Machine):
     # key delivery from the DR
 
     def dispatch(self, received: Received, now: float) -> None:
+        handlers = {
+            MessageType.REKEY: self.on_rekey,
+            MessageType.SENDER_KEY_GRANT: self.on_sender_grant,
+        }
+        handler = handlers.get(received.message.header.type)
+        if handler is not None:
+            handler(received, now)
+            return
         if received.message.header.type is not MessageType.KEY_DELIVERY:
             super().dispatch(received, now)
             return
@@ -159,10 +177,34 @@ class Host(Machine):
         if sent is None or sent != delivery.host_token or not membership.joined:
             raise ProtocolError("key delivery answers no report of ours",
                                 reason="unexpected-answer")
-        self.verify_acl(delivery.acl, group, now)
+        acl = self.verify_acl(delivery.acl, group, now)
         opened = open_bundle(delivery.host_bundle, self.identity, self.directory,
                              group, now)
+        current = membership.sa
+        if current is not None and opened.bundle.epoch < current.epoch:
+            # a DR that missed a re-key still hands out the epoch before it
+            raise ProtocolError(
+                f"key delivery of epoch {opened.bundle.epoch}, this host holds "
+                f"{current.epoch}",
+                reason="older-epoch",
+            )
+        self.on_keys_delivered(group, opened.bundle, acl, delivery.handle,
+                               delivery.host_path, received.peer.name, now)
         self._install(membership, opened.bundle, received.peer.name, now)
+
+    def on_group_key_changed(
+        self, member: MemberState, bundle: KeyBundle | None, now: float
+    ) -> None:
+        super().on_group_key_changed(member, bundle, now)
+        membership = self.memberships[member.config.address]
+        membership.sa = bundle
+        if bundle is None:
+            membership.next_refresh = None
+            membership.outstanding.clear()
+            self.trace(now, "key_erased", group=member.config.name, reason="evicted")
+            # the host still wants the group, so it reports again; its DR,
+            # which holds the new ACL by now, records the denial
+            self.join(member.config.name, now)
 
     def _install(self, membership: Membership, bundle: KeyBundle, dr: str, now: float) -> None:
         membership.sa = bundle
@@ -175,11 +217,15 @@ class Host(Machine):
                    **key_fields(bundle))
 
 
-class Initiator(Machine):
-    """The group initiator: signs the ACL and uploads it to the primary core."""
+class Initiator(GroupSender):
+    """The group initiator: signs the ACL and uploads it to the primary core.
+
+    It may also send to its groups, as a non-member sender (node/sender.py).
+    """
 
     def __init__(self, config, identity, directory, randbytes):
         super().__init__(config, identity, directory, randbytes)
+        self.init_member()
         self.uploads: dict[str, dict[str, Any]] = {}
         for group in config.groups:
             if group.acl is not None and group.initiator == self.name:
@@ -226,16 +272,60 @@ class Initiator(Machine):
                    serial=group.acl.serial, sealed=group.seal_acl,
                    attempt=upload["attempts"])
 
+    def update_acl(
+        self, group_name: str, now: float, remove: tuple[str, ...] = (),
+        add: tuple[str, ...] = (),
+    ) -> None:
+        """Sign and upload the next ACL, without ``remove`` and with ``add``.
+
+        In an exclusion list, removing a host adds it to the list. The primary
+        core answers a newer ACL that drops a host with an eviction re-key.
+        """
+        upload = next(
+            (u for u in self.uploads.values() if u["group"].name == group_name), None
+        )
+        if upload is None:
+            raise ConfigError(f"{self.name} uploads no ACL of group {group_name!r}")
+        group: GroupConfig = upload["group"]
+        acl = group.acl
+        assert acl is not None
+        if acl.mode is AclMode.INCLUDE:
+            missing = sorted(set(remove) - set(acl.hosts))
+            if missing:
+                raise ConfigError(
+                    f"cannot remove {', '.join(missing)}: not listed in the ACL of "
+                    f"{group_name} ({', '.join(acl.hosts)})"
+                )
+            hosts = [h for h in acl.hosts if h not in remove]
+            hosts += [h for h in add if h not in hosts]
+        else:
+            hosts = [h for h in acl.hosts if h not in add]
+            hosts += [h for h in remove if h not in hosts]
+        new_acl = dataclasses.replace(acl, serial=acl.serial + 1, hosts=tuple(hosts))
+        upload["group"] = dataclasses.replace(group, acl=new_acl)
+        upload["accepted"] = False
+        self.trace(now, "acl_changed", group=group_name, serial=new_acl.serial,
+                   removed=list(remove), added=list(add))
+        self._upload(upload, now)
+
     def next_timer(self) -> float | None:
         times = [u["next"] for u in self.uploads.values() if u["next"] is not None]
+        times += [
+            t for t in (self.member_timer(), self.sender_timer()) if t is not None
+        ]
         return min(times, default=None)
 
     def handle_timer(self, now: float) -> None:
+        self.handle_member_timer(now)
+        self.handle_sender_timer(now)
         for upload in self.uploads.values():
             if upload["next"] is not None and now >= upload["next"]:
                 self._upload(upload, now)
 
     def dispatch(self, received: Received, now: float) -> None:
+        if received.message.header.type is MessageType.SENDER_KEY_GRANT:
+            self.on_sender_grant(received, now)
+            return
         if received.message.header.type is not MessageType.ACL_ACCEPT:
             super().dispatch(received, now)
             return

@@ -1,29 +1,30 @@
 """A logical key hierarchy for evicting members (RFC 2627 section 5.4).
 
 RFC 1949 has no way to exclude a member short of a new group, because every
-member holds the one KEK. Here the primary core also keeps a binary tree of
-key-encrypting keys. Each registered member sits at a leaf and holds the keys
-of the nodes on the path from its leaf to the root. Evicting members replaces
-the key of every node on their paths, bottom up, and wraps each new key under
-the keys of that node's remaining children. The new root key then encrypts
-the next group key and KEK. An evicted member holds no key that any of the
-wraps uses, so it cannot follow; everyone else can, with one multicast
-message whose size grows with the tree's depth, not with the group.
+member has the one KEK. Here every GKDC also keeps a binary tree of
+key-encrypting keys over the nodes it gave keys to (node/keyserver.py). Each
+of those nodes sits at a leaf and has the keys of the tree nodes on the path
+from its leaf to the root. Evicting members replaces the key of every tree
+node on their paths, bottom up, and wraps each new key under the keys of
+that tree node's remaining children. The new root key then encrypts the
+next group key and KEK. An evicted member has no key that any of the wraps
+uses, so it cannot follow. Everyone else can, from one message whose size
+grows with the tree's depth, not with the group.
 
 The tree is complete: every leaf sits at the same depth. Members fill free
 leaves from the left, and a full tree grows by a new root whose left child
 is the old root. Node ids are stable, so members never renumber their keys.
-A join does not change any key (a joining member also gets the current group
-key under RFC 1949), so registering costs one sealed message to the new
-member alone. Members placed before the tree grew do not hold the keys of
-the nodes that growth put above their old root; the first eviction that
-wraps a key under such a node first wraps the node's key under its left
-child, once.
+A join does not change any key, because a joining member gets the current
+group key under RFC 1949 too, so placing a member costs one sealed path to
+it alone. Members placed before the tree grew lack the keys of the tree
+nodes that growth put above their old root. The first eviction that wraps a
+key under such a tree node therefore first wraps that node's key under its
+left child, once.
 
 Each node key has a version that grows with every replacement, so a member
-can tell a wrap under a key it holds from one under a newer key of the same
-node. Key wraps are AES-128-GCM under the child's key with a random nonce,
-bound to the group, the update's epoch and both node ids and versions.
+can tell a wrap under a key it has from one under a newer key of the same
+tree node. Key wraps are AES-128-GCM under the child's key with a random
+nonce, bound to the group, the update's epoch and both node ids and versions.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ class _Node:
 
 
 class KeyTree:
-    """The primary core's key tree: members at leaves, a key at every node.
+    """A GKDC's key tree: the nodes it gave keys to at leaves, a key at every node.
 
     ``randbytes`` supplies keys and nonces.
     """
@@ -316,6 +317,15 @@ class KeyTree:
         self._catch_up(left, epoch, entries)
         entries.append(self._wrap(left, node, epoch))
         node.stale = False
+
+    def erase(self) -> None:
+        """Overwrite every key in the tree and forget its members."""
+        stack = [self._root]
+        while stack:
+            node = stack.pop()
+            node.erase()
+            stack += [child for child in node.children if child is not None]
+        self._leaves.clear()
 
     def _detach(self, node: _Node) -> None:
         parent = node.parent

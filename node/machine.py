@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .crypto import suite_by_code, suite_by_name
+from .datapacket import is_data_packet
 from .documents import NONCE_SIZE, GroupAcl, HostToken, SignedAcl, Token
 from .errors import AuthenticationFailed, ConfigError, ProtocolError
 from .messages import (
@@ -40,7 +41,10 @@ class Timers:
     holds the key reports again, as IGMP's query interval paces reports, and
     ``membership_timeout`` is how long a DR keeps a silent member; ``None``
     turns either off, so a host reports only until it holds the key and a DR
-    keeps members until they leave.
+    keeps members until they leave. After a re-key, members keep sending under
+    the previous group key for ``rekey_activation``, so that the notice
+    reaches everyone first, and accept it for ``rekey_grace`` more before
+    erasing it.
     """
 
     echo_interval: float = 30.0
@@ -58,6 +62,8 @@ class Timers:
     lsa_refresh_interval: float = 1800.0
     membership_interval: float | None = None
     membership_timeout: float | None = None
+    rekey_activation: float = 1.0
+    rekey_grace: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -198,12 +204,18 @@ SIGNER_ROLES: dict[MessageType, tuple[str, ...]] = {
     MessageType.KEY_DELIVERY: ROUTER_ROLES,
     MessageType.ACL_UPLOAD: ("initiator",),
     MessageType.ACL_ACCEPT: ("core",),
+    MessageType.REKEY: ROUTER_ROLES,
+    MessageType.SENDER_KEY_REQUEST: ("host", "initiator"),
+    MessageType.SENDER_KEY_GRANT: ("core",),
     MessageType.HELLO: ROUTER_ROLES,
     MessageType.LINK_STATE: ROUTER_ROLES,
 }
 
 # messages that travel end to end rather than hop by hop
-END_TO_END = frozenset({MessageType.ACL_UPLOAD, MessageType.ACL_ACCEPT})
+END_TO_END = frozenset({
+    MessageType.ACL_UPLOAD, MessageType.ACL_ACCEPT, MessageType.SENDER_KEY_REQUEST,
+    MessageType.SENDER_KEY_GRANT,
+})
 
 
 @dataclass
@@ -262,10 +274,19 @@ class Machine:
         """Process one datagram; a bad one is dropped, traced and counted."""
         self.counters["received"] += 1
         try:
+            if is_data_packet(datagram):
+                self.receive_data(datagram, source, now)
+                return
             received = self.authenticate(datagram, source, now)
             self.dispatch(received, now)
         except ProtocolError as error:
             self.drop(now, source, error)
+
+    def receive_data(self, datagram: bytes, source: str, now: float) -> None:
+        """Process one group data packet (node/datapacket.py)."""
+        raise ProtocolError(
+            f"{self.config.role} does not take group data", reason="unexpected-message"
+        )
 
     def dispatch(self, received: Received, now: float) -> None:
         raise ProtocolError(

@@ -15,7 +15,10 @@ Types 1 to 8 are CBTv1's. Types from 0x10 are smkd's: the secure,
 non-suppressible membership report of RFC 1949 appendix B (carried here
 instead of in IGMPv3), the key delivery from a DR to its host, and the ACL
 upload from the group initiator to the primary core, which RFC 1949 leaves
-outside CBT. Types from 0x20 are the link-state routing protocol between
+outside CBT. Types 0x14 to 0x16 carry the keys after the join: the primary
+core's re-key notice, sent down the tree, and the key exchange of a
+non-member sender with the primary core (RFC 1949 section 8). Types from
+0x20 are the link-state routing protocol between
 neighbouring routers (node/routing.py): hellos and link-state adverts. They
 belong to no group, so their group field is 0.0.0.0 and they carry no cores.
 
@@ -36,6 +39,8 @@ from typing import Any, ClassVar
 from .codec import Reader, Writer, internet_checksum
 from .documents import HostToken, SignedAcl, Token
 from .errors import MalformedMessage
+from .rekey import BranchWraps, SignedRekey
+from .senderkeys import SenderKeyGrant, SenderKeyRequest
 
 CBT_PORT = 7777
 VERSION = 1
@@ -56,6 +61,9 @@ class MessageType(enum.IntEnum):
     KEY_DELIVERY = 0x11
     ACL_UPLOAD = 0x12
     ACL_ACCEPT = 0x13
+    REKEY = 0x14
+    SENDER_KEY_REQUEST = 0x15
+    SENDER_KEY_GRANT = 0x16
     HELLO = 0x20
     LINK_STATE = 0x21
 
@@ -105,6 +113,13 @@ class TlvType(enum.IntEnum):
     REASON = 8
     HELLO = 9
     LSA = 10
+    HANDLE = 0x10
+    REKEY = 0x11
+    SENDER_REQUEST = 0x12
+    SENDER_GRANT = 0x13
+    HOST_PATH = 0x14
+    HOP_PATH = 0x15
+    BRANCH_WRAPS = 0x16
     SIGNATURE = 0xFF
 
 
@@ -192,7 +207,11 @@ def _pull_type(r: Reader) -> MessageType:
 
 @dataclass(frozen=True)
 class SealedBundle:
-    """A signed key bundle sealed with HPKE to one named recipient."""
+    """A secret sealed with HPKE to one named recipient.
+
+    The secret is a signed key bundle, a packet handle secret
+    (node/handles.py) or a path in a GKDC's key tree (node/lkh.py).
+    """
 
     recipient: str
     sealed: bytes = field(repr=False)
@@ -396,6 +415,13 @@ _TLV_CODECS: dict[TlvType, Any] = {
     TlvType.REASON: Reason,
     TlvType.HELLO: HelloBody,
     TlvType.LSA: SignedLsa,
+    TlvType.HANDLE: SealedBundle,
+    TlvType.REKEY: SignedRekey,
+    TlvType.SENDER_REQUEST: SenderKeyRequest,
+    TlvType.SENDER_GRANT: SenderKeyGrant,
+    TlvType.HOST_PATH: SealedBundle,
+    TlvType.HOP_PATH: SealedBundle,
+    TlvType.BRANCH_WRAPS: BranchWraps,
     TlvType.SIGNATURE: Signature,
 }
 
@@ -457,6 +483,11 @@ class JoinAck(Message):
     ``host_bundle`` is absent in the answer to a router's re-join, which has
     no host to deliver keys to, and in a loop-probe answer, which carries no
     keys at all. The router that receives an ack checks which case it has.
+    ``handle`` is the packet handle secret of the new tree link, sealed to
+    the child; a loop-probe answer makes no link and carries none.
+    ``host_path`` and ``hop_path`` go with the bundles of the same recipients:
+    each is the recipient's path in the key tree of the GKDC that sealed the
+    bundle (node/keyserver.py).
     """
 
     TYPE = MessageType.JOIN_ACK
@@ -466,6 +497,9 @@ class JoinAck(Message):
         ("acl", TlvType.ACL, True),
         ("host_bundle", TlvType.HOST_BUNDLE, False),
         ("hop_bundle", TlvType.HOP_BUNDLE, False),
+        ("handle", TlvType.HANDLE, False),
+        ("host_path", TlvType.HOST_PATH, False),
+        ("hop_path", TlvType.HOP_PATH, False),
     )
     header: ControlHeader
     token: Token
@@ -473,6 +507,9 @@ class JoinAck(Message):
     acl: SignedAcl
     host_bundle: SealedBundle | None = None
     hop_bundle: SealedBundle | None = None
+    handle: SealedBundle | None = None
+    host_path: SealedBundle | None = None
+    hop_path: SealedBundle | None = None
     signature: Signature | None = field(default=None, compare=False)
     signed_part: bytes = field(default=b"", compare=False, repr=False)
 
@@ -507,7 +544,11 @@ class MembershipReport(Message):
 
 @dataclass(frozen=True)
 class KeyDelivery(Message):
-    """``A --> h: [[token_h]^SK_h, {grpKey, KEK, Sparams}^PK_h]``, signed by A."""
+    """``A --> h: [[token_h]^SK_h, {grpKey, KEK, Sparams}^PK_h]``, signed by A.
+
+    ``handle`` is the packet handle secret between A and h, sealed to h, and
+    ``host_path`` h's path in the key tree of the GKDC that sealed the bundle.
+    """
 
     TYPE = MessageType.KEY_DELIVERY
     LAYOUT = (
@@ -515,12 +556,16 @@ class KeyDelivery(Message):
         ("host_token", TlvType.HOST_TOKEN, True),
         ("acl", TlvType.ACL, True),
         ("host_bundle", TlvType.HOST_BUNDLE, True),
+        ("handle", TlvType.HANDLE, False),
+        ("host_path", TlvType.HOST_PATH, False),
     )
     header: ControlHeader
     token: Token
     host_token: HostToken
     acl: SignedAcl
     host_bundle: SealedBundle
+    handle: SealedBundle | None = None
+    host_path: SealedBundle | None = None
     signature: Signature | None = field(default=None, compare=False)
     signed_part: bytes = field(default=b"", compare=False, repr=False)
 
@@ -559,6 +604,62 @@ class AclAccept(Message):
     header: ControlHeader
     token: Token
     reason: Reason
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Rekey(Message):
+    """The primary core's signed re-key notice, passed from parent to child.
+
+    An eviction also carries ``wraps``: the next bundle under the new key
+    tree root of each GKDC on the way down (node/keyserver.py).
+    """
+
+    TYPE = MessageType.REKEY
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("rekey", TlvType.REKEY, True),
+        ("wraps", TlvType.BRANCH_WRAPS, False),
+    )
+    header: ControlHeader
+    token: Token
+    rekey: SignedRekey
+    wraps: BranchWraps | None = None
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SenderKeyRequestMessage(Message):
+    """A non-member sender's key exchange request to the primary core."""
+
+    TYPE = MessageType.SENDER_KEY_REQUEST
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("request", TlvType.SENDER_REQUEST, True),
+    )
+    header: ControlHeader
+    token: Token
+    request: SenderKeyRequest
+    signature: Signature | None = field(default=None, compare=False)
+    signed_part: bytes = field(default=b"", compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class SenderKeyGrantMessage(Message):
+    """The primary core's answer to a sender: a reason code, and the grant if accepted."""
+
+    TYPE = MessageType.SENDER_KEY_GRANT
+    LAYOUT = (
+        ("token", TlvType.TOKEN, True),
+        ("reason", TlvType.REASON, True),
+        ("grant", TlvType.SENDER_GRANT, False),
+    )
+    header: ControlHeader
+    token: Token
+    reason: Reason
+    grant: SenderKeyGrant | None = None
     signature: Signature | None = field(default=None, compare=False)
     signed_part: bytes = field(default=b"", compare=False, repr=False)
 
@@ -638,7 +739,8 @@ MESSAGE_CLASSES: dict[MessageType, type[Message]] = {
     cls.TYPE: cls
     for cls in (
         JoinRequest, JoinAck, JoinNack, MembershipReport, KeyDelivery,
-        AclUpload, AclAccept, Hello, LinkStateUpdate,
+        AclUpload, AclAccept, Rekey, SenderKeyRequestMessage,
+        SenderKeyGrantMessage, Hello, LinkStateUpdate,
     )
 }
 for _tree_type in _TREE_TYPES:

@@ -4,9 +4,10 @@
 re-keying the group just prior to an old key exceeding its lifetime." A
 scheduled re-key carries the next ``[grpKey, KEK, SParams]^SK_core`` bundle
 encrypted with AES-128-GCM under the current KEK. An eviction cannot use the
-KEK, which the evicted member holds too: it carries an LKH update
-(node/lkh.py) and the bundle encrypted under the new root key of the key
-tree, together with the initiator's new ACL.
+KEK, which the evicted member holds too. Its notice carries the initiator's
+new ACL and no bundle; the bundle travels in branch wraps instead, one per
+GKDC on the way down, each under the new root of that GKDC's key tree
+(node/lkh.py and node/keyserver.py).
 
 The whole notice is signed by the primary core, so every router can check it
 before passing it on, and a forged or replayed notice goes no further than
@@ -20,6 +21,7 @@ from __future__ import annotations
 import enum
 import socket
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,7 +30,10 @@ from .codec import Reader, Writer
 from .documents import SignedAcl
 from .errors import AuthenticationFailed, MalformedMessage
 from .lkh import LkhUpdate
-from .machine import GroupConfig, NodeIdentity, PeerDirectory
+
+if TYPE_CHECKING:
+    # machine.py imports the message codecs, which import this module
+    from .machine import GroupConfig, NodeIdentity, PeerDirectory
 
 REKEY_LABEL = b"smkd rekey notice\x00"
 BUNDLE_WRAP_LABEL = b"smkd rekey bundle\x00"
@@ -36,7 +41,7 @@ NONCE_SIZE = 12
 
 
 class RekeyKind(enum.IntEnum):
-    """Why the group is re-keyed, which fixes the key the bundle is under."""
+    """The reason for a re-key, which fixes the key that the bundle is under."""
 
     SCHEDULED = 1
     EVICTION = 2
@@ -44,7 +49,7 @@ class RekeyKind(enum.IntEnum):
 
 @dataclass(frozen=True)
 class RekeyNotice:
-    """The next epoch's sealed bundle and how to move to it."""
+    """The next epoch, its sealed bundle (scheduled re-keys) and how to move to it."""
 
     group: str
     epoch: int
@@ -52,8 +57,7 @@ class RekeyNotice:
     issued_ms: int
     activation_ms: int
     grace_ms: int
-    sealed_bundle: bytes = field(repr=False)
-    lkh: LkhUpdate | None = field(default=None, repr=False)
+    sealed_bundle: bytes = field(default=b"", repr=False)
     acl: SignedAcl | None = field(default=None, repr=False)
 
     def encode(self) -> bytes:
@@ -65,9 +69,6 @@ class RekeyNotice:
         w.push_u32(self.activation_ms)
         w.push_u32(self.grace_ms)
         w.push_blob16(self.sealed_bundle)
-        w.push_bool(self.lkh is not None)
-        if self.lkh is not None:
-            self.lkh.encode(w)
         w.push_bool(self.acl is not None)
         if self.acl is not None:
             self.acl.encode(w)
@@ -83,15 +84,15 @@ class RekeyNotice:
         activation_ms = r.pull_u32()
         grace_ms = r.pull_u32()
         sealed = r.pull_blob16()
-        lkh = LkhUpdate.decode(r) if r.pull_bool() else None
         acl = SignedAcl.decode(r) if r.pull_bool() else None
         r.expect_end("the re-key notice")
-        if (kind is RekeyKind.EVICTION) != (lkh is not None):
-            raise MalformedMessage("an LKH update comes with an eviction, and only then")
+        if (kind is RekeyKind.SCHEDULED) != bool(sealed):
+            raise MalformedMessage(
+                "a scheduled re-key carries the sealed bundle, an eviction does not"
+            )
         if kind is RekeyKind.EVICTION and acl is None:
             raise MalformedMessage("an eviction carries the new ACL")
-        return cls(group, epoch, kind, issued_ms, activation_ms, grace_ms, sealed,
-                   lkh, acl)
+        return cls(group, epoch, kind, issued_ms, activation_ms, grace_ms, sealed, acl)
 
 
 def _pull_kind(r: Reader) -> RekeyKind:
@@ -157,37 +158,91 @@ def verify_rekey(
     return signed.notice
 
 
-def _wrap_aad(group: str, epoch: int, kind: RekeyKind) -> bytes:
+MAX_WRAPS = 64
+
+
+@dataclass(frozen=True)
+class BranchWrap:
+    """One GKDC's part of an eviction: its key tree update and the bundle under it.
+
+    ``sealed_bundle`` is the signed bundle of the new epoch, encrypted under
+    the new root key of ``owner``'s key tree.
+    """
+
+    owner: str
+    update: LkhUpdate = field(repr=False)
+    sealed_bundle: bytes = field(repr=False)
+
+    def encode(self, w: Writer) -> None:
+        w.push_name(self.owner)
+        self.update.encode(w)
+        w.push_blob16(self.sealed_bundle)
+
+    @classmethod
+    def decode(cls, r: Reader) -> BranchWrap:
+        owner = r.pull_name("branch wrap owner")
+        return cls(owner, LkhUpdate.decode(r), r.pull_blob16())
+
+
+@dataclass(frozen=True)
+class BranchWraps:
+    """The branch wraps of every GKDC an eviction passed, the primary core's first."""
+
+    wraps: tuple[BranchWrap, ...]
+
+    def encode(self, w: Writer) -> None:
+        if len(self.wraps) > MAX_WRAPS:
+            raise ValueError(f"{len(self.wraps)} branch wraps exceed {MAX_WRAPS}")
+        w.push_u8(len(self.wraps))
+        for wrap in self.wraps:
+            wrap.encode(w)
+
+    @classmethod
+    def decode(cls, r: Reader) -> BranchWraps:
+        count = r.pull_u8()
+        if count > MAX_WRAPS:
+            raise MalformedMessage(f"{count} branch wraps exceed {MAX_WRAPS}")
+        return cls(tuple(BranchWrap.decode(r) for _ in range(count)))
+
+
+def _wrap_aad(group: str, epoch: int, kind: RekeyKind, owner: str) -> bytes:
     return (
         BUNDLE_WRAP_LABEL
         + socket.inet_aton(group)
         + epoch.to_bytes(4, "big")
         + bytes([kind])
+        + owner.encode("ascii")
     )
 
 
 def seal_bundle_under(
     key: bytes, plaintext: bytes, group: str, epoch: int, kind: RekeyKind,
-    nonce: bytes,
+    nonce: bytes, owner: str = "",
 ) -> bytes:
-    """Encrypt a signed bundle under the KEK or the key tree's root key."""
+    """Encrypt a signed bundle under the KEK or a key tree's root key.
+
+    ``owner`` names the GKDC whose key tree the key belongs to, for branch
+    wraps; the KEK has none.
+    """
     if len(nonce) != NONCE_SIZE:
         raise ValueError(f"nonce of {len(nonce)} bytes, expected {NONCE_SIZE}")
-    aad = _wrap_aad(group, epoch, kind)
+    aad = _wrap_aad(group, epoch, kind, owner)
     return nonce + AESGCM(key).encrypt(nonce, plaintext, aad)
 
 
 def open_bundle_under(
-    key: bytes, sealed: bytes, group: str, epoch: int, kind: RekeyKind
+    key: bytes, sealed: bytes, group: str, epoch: int, kind: RekeyKind,
+    owner: str = "",
 ) -> bytes:
     """Decrypt what :func:`seal_bundle_under` made; raise ``AuthenticationFailed``.
 
     The reason is ``bad-seal``: the bundle is under another key, for another
-    epoch, or altered.
+    epoch or owner, or altered.
     """
     nonce, ciphertext = sealed[:NONCE_SIZE], sealed[NONCE_SIZE:]
     try:
-        return AESGCM(key).decrypt(nonce, ciphertext, _wrap_aad(group, epoch, kind))
+        aad = _wrap_aad(group, epoch, kind, owner)
+        return AESGCM(key).decrypt(nonce, ciphertext, aad)
     except (InvalidTag, ValueError):
         raise AuthenticationFailed(
             f"the epoch {epoch} bundle does not open under this key", reason="bad-seal"

@@ -9,7 +9,9 @@ access package; each router on the way back verifies it, keeps its own key
 bundle enciphered under a local key, and seals a fresh one to the next hop.
 
 Keeping the tree alive after it is built (keepalives, re-joins, quits and
-pruning) is in node/tree.py, and finding routes in node/routing.py.
+pruning) is in node/tree.py, and finding routes in node/routing.py. Group
+data and packet handles are in node/dataplane.py, and re-keying, key trees
+and sender keys in node/keyserver.py.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from .codec import Reader
 from .crypto import LocalVault
 from .documents import GroupAcl, HostToken, KeyBundle, SignedAcl, SignedBundle
 from .errors import AuthenticationFailed, MalformedMessage, ProtocolError
+from .keyserver import KeyServer
 from .machine import ROUTER_ROLES, GroupConfig, Received
 from .messages import (
     ROUTING_TYPES, AckCode, AclAccept, AclUpload, JoinAck, JoinCode, JoinNack,
@@ -37,7 +40,7 @@ def acl_seal_info(group_address: str) -> bytes:
     return ACL_SEAL_LABEL + socket.inet_aton(group_address)
 
 
-class Router(TreeMaintenance):
+class Router(KeyServer, TreeMaintenance):
     """A CBT router (role ``router``) or core (role ``core``)."""
 
     def __init__(self, config, identity, directory, randbytes):
@@ -48,6 +51,7 @@ class Router(TreeMaintenance):
             # the primary core is the root of the tree from the start
             state.on_tree = self.is_primary(state)
         self.init_routing()
+        self.init_keying()
 
     def start(self, now: float) -> None:
         super().start(now)
@@ -131,6 +135,8 @@ class Router(TreeMaintenance):
             MessageType.QUIT_REQUEST: self._on_quit_request,
             MessageType.QUIT_ACK: self._on_quit_ack,
             MessageType.FLUSH_TREE: self._on_flush,
+            MessageType.REKEY: self._on_rekey,
+            MessageType.SENDER_KEY_REQUEST: self._on_sender_request,
         }
         handler = handlers.get(message_type)
         if handler is None or received.group is None:
@@ -382,11 +388,14 @@ class Router(TreeMaintenance):
         signed = self._unvault(state)
         host = self.lookup(request.host, group, now, ("host",))
         host_bundle = seal_bundle(signed, host, group)
+        host_path = self.branch_path(state, host)
         if request.child is None:
-            self._deliver(state, request, host_bundle, now)
+            self._deliver(state, request, host_bundle, now, host_path)
             return
         hop_bundle = self._seal_for_next_hop(state, signed, request, now)
-        self._send_ack(state, request, host_bundle, hop_bundle, now)
+        self._send_ack(state, request, host_bundle, hop_bundle, now,
+                       host_path=host_path,
+                       hop_path=self.path_for_bundle(state, hop_bundle, now))
         self.trace(now, "served", group=group.name, host=request.host,
                    peer=request.child)
 
@@ -407,7 +416,8 @@ class Router(TreeMaintenance):
         if state.is_root and request.code is JoinCode.REJOIN:
             code = AckCode.PRIMARY_REJOIN
         hop_bundle = self._seal_for_next_hop(state, self._unvault(state), request, now)
-        self._send_ack(state, request, None, hop_bundle, now, code)
+        self._send_ack(state, request, None, hop_bundle, now, code,
+                       hop_path=self.path_for_bundle(state, hop_bundle, now))
         self.trace(now, "served", group=state.config.name, host=request.host,
                    peer=request.child, kind="rejoin")
 
@@ -452,6 +462,8 @@ class Router(TreeMaintenance):
         hop_bundle: SealedBundle | None,
         now: float,
         code: AckCode = AckCode.NORMAL,
+        host_path: SealedBundle | None = None,
+        hop_path: SealedBundle | None = None,
     ) -> None:
         group = state.config
         assert request.child is not None and state.acl is not None
@@ -461,21 +473,24 @@ class Router(TreeMaintenance):
         header = self.header(MessageType.JOIN_ACK, group, origin=request.origin,
                              target_core=request.target_core, code=code)
         ack = JoinAck(header, self.new_token(child.name, now), request.host_token,
-                      state.acl, host_bundle, hop_bundle)
+                      state.acl, host_bundle, hop_bundle,
+                      self.issue_handle(state, child), host_path, hop_path)
         self.send(ack, group, child)
         self.trace(now, "ack_sent", group=group.name, peer=child.name,
                    host=request.host,
                    hop_bundle_for=hop_bundle.recipient if hop_bundle else None)
 
     def _deliver(
-        self, state: GroupState, request: Request, host_bundle: SealedBundle, now: float
+        self, state: GroupState, request: Request, host_bundle: SealedBundle,
+        now: float, host_path: SealedBundle | None = None,
     ) -> None:
         group = state.config
         assert state.acl is not None
         host = self.lookup(request.host, group, now, ("host",))
         header = self.header(MessageType.KEY_DELIVERY, group, origin=self.config.address)
         delivery = KeyDelivery(header, self.new_token(host.name, now),
-                               request.host_token, state.acl, host_bundle)
+                               request.host_token, state.acl, host_bundle,
+                               self.issue_handle(state, host), host_path)
         self.send(delivery, group, host)
         state.members.add(host.name)
         state.member_heard[host.name] = now
@@ -554,6 +569,7 @@ class Router(TreeMaintenance):
                 raise ProtocolError("bundle sealed to a router the ACL excludes",
                                     reason="not-eligible")
             opened = open_bundle(hop, self.identity, self.directory, group, now)
+        handle = self.open_handle(state, ack.handle, peer) if ack.handle else None
 
         del state.requests[ack.host_token.nonce]
         state.acl = ack.acl
@@ -563,8 +579,12 @@ class Router(TreeMaintenance):
             self._attach(state, peer, now)
         elif peer == state.parent:
             state.parent_heard = now
+        if handle is not None:
+            self.accept_handle(state, peer, handle)
         if opened is not None:
             self._store_bundle(state, opened.signed, opened.bundle, now)
+            if ack.hop_path is not None and ack.hop_path.recipient == self.name:
+                self.accept_path(state, ack.hop_path, now)
         if request.own:
             self._rejoined(state, request, code, peer, now)
         else:
@@ -595,15 +615,17 @@ class Router(TreeMaintenance):
     ) -> None:
         if request.child is None:
             assert ack.host_bundle is not None
-            self._deliver(state, request, ack.host_bundle, now)
+            self._deliver(state, request, ack.host_bundle, now, ack.host_path)
             return
         if self.is_gkdc(state):
             hop_out = self._seal_for_next_hop(state, self._unvault(state), request, now)
+            hop_path = self.path_for_bundle(state, hop_out, now)
         elif ack.hop_bundle is not None and ack.hop_bundle.recipient != self.name:
-            hop_out = ack.hop_bundle
+            hop_out, hop_path = ack.hop_bundle, ack.hop_path
         else:
-            hop_out = None
-        self._send_ack(state, request, ack.host_bundle, hop_out, now, code)
+            hop_out, hop_path = None, None
+        self._send_ack(state, request, ack.host_bundle, hop_out, now, code,
+                       host_path=ack.host_path, hop_path=hop_path)
 
     def _on_join_nack(self, received: Received, state: GroupState, now: float) -> None:
         nack = received.message
@@ -642,10 +664,16 @@ class Router(TreeMaintenance):
         self, state: GroupState, signed: SignedBundle, bundle: KeyBundle, now: float
     ) -> None:
         was_gkdc = state.vaulted_bundle is not None
+        if was_gkdc and bundle.epoch < self.current_bundle(state).epoch:
+            # a parent that missed a re-key hands out the epoch before it
+            self.trace(now, "older_keys_ignored", group=state.config.name,
+                       epoch=bundle.epoch)
+            return
         state.vaulted_bundle = self.vault.seal(signed.encode(), state.config.address)
         state.key_info = {"epoch": bundle.epoch, "spi": bundle.spi}
         event = "keys_updated" if was_gkdc else "became_gkdc"
         self.trace(now, event, group=state.config.name, **key_fields(bundle))
+        self.on_bundle_stored(state, bundle, now)
 
     def _unvault(self, state: GroupState) -> SignedBundle:
         assert state.vaulted_bundle is not None
@@ -682,12 +710,15 @@ class Router(TreeMaintenance):
                        serial=acl.serial)
             return
 
+        previous = current.acl if current is not None else None
         state.acl = signed
         self.trace(now, "acl_installed", group=group.name, serial=acl.serial,
                    mode=acl.mode.name.lower(), strict=acl.strict)
+        self._answer_upload(received, ReasonCode.ACCEPTED, "", now)
         if state.vaulted_bundle is None:
             self._create_keys(state, acl, now)
-        self._answer_upload(received, ReasonCode.ACCEPTED, "", now)
+        else:
+            self.on_acl_replaced(state, previous, now)
 
     def _open_sealed_acl(self, upload: AclUpload, group: GroupConfig) -> SignedAcl:
         assert upload.sealed_acl is not None
@@ -729,10 +760,11 @@ class Router(TreeMaintenance):
     # timers: routing, then the tree's (node/tree.py)
 
     def next_timer(self) -> float | None:
-        times = [self.routing_timer(), self.tree_timer()]
+        times = [self.routing_timer(), self.tree_timer(), self.keying_timer()]
         return min((t for t in times if t is not None), default=None)
 
     def handle_timer(self, now: float) -> None:
         self.handle_routing_timer(now)
         self.handle_tree_timer(now)
+        self.handle_keying_timer(now)
         self.trace_tree_changes(now)

@@ -31,7 +31,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ed25519, mldsa
 
@@ -39,8 +39,11 @@ from .codec import Reader, Writer
 from .crypto import CryptoSuite, KemPrivateKey, SigningKey, suite_by_code
 from .documents import NONCE_SIZE, GroupAcl
 from .errors import AuthenticationFailed, MalformedMessage
-from .machine import GroupConfig, NodeIdentity, PeerDirectory
 from .sa import KEY_SIZE, DataKey
+
+if TYPE_CHECKING:
+    # machine.py imports the message codecs, which import this module
+    from .machine import GroupConfig, NodeIdentity, PeerDirectory
 
 SENDER_KEY_LABEL = b"smkd sender key\x00"
 GRANT_LABEL = b"smkd sender grant\x00"
@@ -275,6 +278,10 @@ class SenderKeyTable:
                 f"the sender key of {sender} expired", reason="expired-sender-key"
             )
         return known
+
+    def spi_of(self, sender: str) -> int | None:
+        known = self._senders.get(sender)
+        return None if known is None else known.key.sender_spi
 
     def forget(self, sender: str) -> None:
         known = self._senders.pop(sender, None)

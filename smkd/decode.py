@@ -7,7 +7,9 @@ Each smkd datagram becomes one line such as::
 in the notation of RFC 1949 appendix A: square brackets enclose a message,
 ``^SK_X`` marks X's signature, and ``{...}^PK_X`` encryption to X's public
 key. Node names come from the signer and token names inside the messages;
-an address that no message names is printed as it is. The ``smkd
+an address that no message names is printed as it is. Group data packets
+get one line each, with the sender, sequence number and epoch they carry,
+and their ciphertext only as its size. The ``smkd
 wireshark`` subcommand, also here, points at the Lua dissector shipped with
 the package.
 """
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from node.capture import CapturedDatagram, read_pcap
+from node.datapacket import DataKind, DataPacket, is_data_packet
 from node.documents import HostToken, SignedAcl, Token
 from node.errors import MalformedMessage
 from node.messages import (
@@ -43,14 +46,19 @@ from node.messages import (
     MessageType,
     Reason,
     ReasonCode,
+    Rekey,
     ReportCode,
     SealedAcl,
     SealedBundle,
+    SenderKeyGrantMessage,
+    SenderKeyRequestMessage,
     Signature,
     SignedLsa,
     decode_message,
 )
 from node.messages import Path as RouterPath
+from node.rekey import BranchWraps, RekeyKind, SignedRekey
+from node.senderkeys import SenderKeyGrant, SenderKeyRequest
 
 # exit code for unreadable input, as for the other subcommands
 EXIT_INVALID = 2
@@ -63,12 +71,16 @@ DUPLICATE_WINDOW = 1.0
 
 @dataclass(frozen=True)
 class CapturedMessage:
-    """One smkd datagram from a capture, decoded or with the reason it failed."""
+    """One smkd datagram from a capture, decoded or with the reason it failed.
+
+    ``data`` holds a group data packet, which is no control message.
+    """
 
     datagram: CapturedDatagram
     source: Path
     message: Message | None
     error: str | None = None
+    data: DataPacket | None = None
 
 
 def capture_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -133,6 +145,9 @@ def _drop_duplicates(
 
 def _decode(datagram: CapturedDatagram, path: Path) -> CapturedMessage:
     try:
+        if is_data_packet(datagram.payload):
+            data = DataPacket.decode(datagram.payload)
+            return CapturedMessage(datagram, path, None, data=data)
         return CapturedMessage(datagram, path, decode_message(datagram.payload))
     except MalformedMessage as error:
         return CapturedMessage(datagram, path, None, str(error))
@@ -207,15 +222,37 @@ def _signed_parts(message: Message) -> list[str]:
             parts.append(f"{{grpKey, KEK, Sparams}}^PK_{message.hop_bundle.recipient}")
     if isinstance(message, AclUpload):
         parts.append(_acl_upload_part(message))
+    if isinstance(message, Rekey):
+        parts.extend(_rekey_parts(message))
+    if isinstance(message, SenderKeyRequestMessage):
+        spi = message.request.sender_spi
+        parts.append(f"[SPI 0x{spi:08x}, sender key, exchange key]")
+    if isinstance(message, SenderKeyGrantMessage) and message.grant is not None:
+        parts.append("{session key}^PK_exchange")
     lsa = getattr(message, "lsa", None)
     if lsa is not None:
         parts.append(f"[LSA]^SK_{lsa.lsa.origin}")
-    rejected = isinstance(message, (JoinNack, AclAccept)) and (
-        message.reason.code is not ReasonCode.ACCEPTED
-    )
+    rejected = isinstance(
+        message, (JoinNack, AclAccept, SenderKeyGrantMessage)
+    ) and (message.reason.code is not ReasonCode.ACCEPTED)
     if rejected:
         name = f"{name} ({message.reason.code.name})"
     parts.append(name)
+    return parts
+
+
+def _rekey_parts(message: Rekey) -> list[str]:
+    """Write a re-key notice and, for an eviction, its branch wraps."""
+    signed = message.rekey
+    notice = signed.notice
+    inside = [f"epoch {notice.epoch}"]
+    if notice.kind is RekeyKind.SCHEDULED:
+        inside.insert(0, f"{{[grpKey, KEK, Sparams]^SK_{signed.signer}}}^KEK")
+    if notice.acl is not None:
+        inside.append(f"[ACL]^SK_{notice.acl.acl.initiator}")
+    parts = [f"[{', '.join(inside)}]^SK_{signed.signer}"]
+    for wrap in message.wraps.wraps if message.wraps is not None else ():
+        parts.append(f"{{[grpKey, KEK, Sparams]^SK_{signed.signer}}}^LKH_{wrap.owner}")
     return parts
 
 
@@ -269,6 +306,8 @@ def transcript_line(
     """Format one datagram as ``time  sender --> receiver: notation``."""
     elapsed = captured.datagram.timestamp - start
     route = f"{sender_of(captured, names)} --> {receiver_of(captured, names)}"
+    if captured.data is not None:
+        return f"{elapsed:10.6f}  {route}: {data_notation(captured.data)}"
     if captured.message is None:
         size = len(captured.datagram.payload)
         return (
@@ -278,19 +317,44 @@ def transcript_line(
     return f"{elapsed:10.6f}  {route}: {notation(captured.message)}"
 
 
+def data_notation(packet: DataPacket) -> str:
+    """Write a group data packet: whose, which one, under which key."""
+    key = f"grpKey_{packet.epoch}" if packet.group_spi else f"K_{packet.sender}"
+    if packet.kind is DataKind.SENDER_KEY:
+        body = f"{{[sender_key]^SK_{packet.sender}}}^{key}"
+        return f"[{body}, SENDER-KEY #{packet.seq}]"
+    body = f"{{data #{packet.seq}}}^{key}"
+    return f"[{body}]^SK_sender_{packet.sender}"
+
+
 def field_lines(captured: CapturedMessage) -> list[str]:
     """Describe the fields behind one transcript line, one part per line."""
     datagram = captured.datagram
     route = f"{datagram.src}:{datagram.sport} -> {datagram.dst}:{datagram.dport}"
     size = len(datagram.payload)
     lines = [f"datagram: {route}, {size} bytes, in {captured.source.name}"]
+    if captured.data is not None:
+        lines.append(_describe_data(captured.data))
+        return lines
     message = captured.message
     if message is None:
         return lines
     lines.append(_header_line(message))
-    for value in _tlv_values(message):
-        lines.append(_describe(value))
+    for attribute, value in _tlv_values(message):
+        lines.append(_describe(value, attribute))
     return lines
+
+
+def _describe_data(packet: DataPacket) -> str:
+    handle = f"handle {len(packet.handle)} bytes" if packet.handle else "no handle"
+    return (
+        f"data: {packet.kind.name.lower()} from {packet.sender}, group {packet.group}, "
+        f"group SPI 0x{packet.group_spi:08x} epoch {packet.epoch}, sender SPI "
+        f"0x{packet.sender_spi:08x}, seq {packet.seq}, "
+        f"{'on' if packet.on_tree else 'off'} tree, hop limit {packet.hop_limit}, "
+        f"ciphertext {len(packet.ciphertext)} bytes, "
+        f"signature {len(packet.signature)} bytes, {handle}"
+    )
 
 
 def _header_line(message: Message) -> str:
@@ -303,14 +367,20 @@ def _header_line(message: Message) -> str:
     )
 
 
-def _tlv_values(message: Message) -> list[Any]:
-    values = [getattr(message, attribute) for attribute, _, _ in message.LAYOUT]
-    values.append(message.signature)
-    return [value for value in values if value is not None]
+def _tlv_values(message: Message) -> list[tuple[str, Any]]:
+    values = [
+        (attribute, getattr(message, attribute)) for attribute, _, _ in message.LAYOUT
+    ]
+    values.append(("signature", message.signature))
+    return [(attribute, value) for attribute, value in values if value is not None]
 
 
-def _describe(value: Any) -> str:
+def _describe(value: Any, attribute: str = "") -> str:
     """Describe one TLV value; ciphertext appears only as its size."""
+    sealed_secret = _SEALED_SECRETS.get(attribute)
+    if sealed_secret is not None:
+        size = len(value.sealed)
+        return f"{{{sealed_secret}}}^PK_{value.recipient}: {size} bytes sealed"
     describe = _DESCRIBERS.get(type(value))
     if describe is None:
         return f"{type(value).__name__}: {value!r}"
@@ -387,6 +457,49 @@ def _describe_acl(signed: SignedAcl) -> str:
     )
 
 
+def _describe_rekey(signed: SignedRekey) -> str:
+    notice = signed.notice
+    acl = f", ACL serial {notice.acl.acl.serial}" if notice.acl is not None else ""
+    return (
+        f"[re-key]^SK_{signed.signer}: {notice.kind.name.lower()}, group "
+        f"{notice.group} epoch {notice.epoch}, issued {_utc_ms(notice.issued_ms)}, "
+        f"activation {notice.activation_ms} ms, grace {notice.grace_ms} ms, "
+        f"bundle under the KEK {len(notice.sealed_bundle)} bytes{acl}; "
+        f"signature {len(signed.signature)} bytes"
+    )
+
+
+def _describe_wraps(wraps: BranchWraps) -> str:
+    parts = [
+        f"{wrap.owner}: {len(wrap.update.entries)} key wraps to root "
+        f"{wrap.update.root_id}, bundle {len(wrap.sealed_bundle)} bytes"
+        for wrap in wraps.wraps
+    ]
+    return f"branch wraps: {'; '.join(parts) or 'none'}"
+
+
+def _describe_sender_request(request: SenderKeyRequest) -> str:
+    return (
+        f"sender key request: SPI 0x{request.sender_spi:08x}, nonce "
+        f"{request.nonce.hex()}, sender key {len(request.verify_key)} bytes, "
+        f"exchange key {len(request.exchange_key)} bytes"
+    )
+
+
+def _describe_sender_grant(grant: SenderKeyGrant) -> str:
+    return (
+        f"{{session key}}^PK_exchange: SPI 0x{grant.sender_spi:08x}, until "
+        f"{_utc(grant.not_after)}, {len(grant.sealed)} bytes sealed"
+    )
+
+
+# the TLVs that carry a sealed secret other than a key bundle, by attribute
+_SEALED_SECRETS = {
+    "handle": "packet handle secret",
+    "host_path": "key tree path",
+    "hop_path": "key tree path",
+}
+
 _DESCRIBERS: dict[type, Callable[[Any], str]] = {
     Token: _describe_token,
     HostToken: _describe_host_token,
@@ -398,6 +511,10 @@ _DESCRIBERS: dict[type, Callable[[Any], str]] = {
     HelloBody: _describe_hello,
     SignedLsa: _describe_lsa,
     Signature: _describe_signature,
+    SignedRekey: _describe_rekey,
+    BranchWraps: _describe_wraps,
+    SenderKeyRequest: _describe_sender_request,
+    SenderKeyGrant: _describe_sender_grant,
 }
 
 

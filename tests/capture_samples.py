@@ -13,6 +13,7 @@ from pathlib import Path
 
 from node.capture import PcapWriter
 from node.documents import AclMode, GroupAcl, HostToken, SignedAcl, Token
+from node.lkh import KeyRef, LkhUpdate, WrappedKey
 from node.messages import (
     NO_GROUP,
     AckCode,
@@ -33,15 +34,20 @@ from node.messages import (
     MessageType,
     Reason,
     ReasonCode,
+    Rekey,
     ReportCode,
     SealedAcl,
     SealedBundle,
+    SenderKeyGrantMessage,
+    SenderKeyRequestMessage,
     Signature,
     SignedLsa,
     TreeMessage,
     sign_message,
 )
 from node.messages import Path as RouterPath
+from node.rekey import BranchWrap, BranchWraps, RekeyKind, RekeyNotice, SignedRekey
+from node.senderkeys import SenderKeyGrant, SenderKeyRequest
 
 GROUP = "239.9.9.9"
 TIME_MS = 1_800_000_000_123
@@ -51,6 +57,7 @@ ADDRESSES = {
     "B": "127.9.0.3",
     "C": "127.9.0.4",
     "init": "127.9.0.5",
+    "s": "127.9.0.6",
 }
 
 # (source address, destination address, UDP payload)
@@ -108,6 +115,23 @@ def signed_lsa() -> SignedLsa:
     return SignedLsa.create(lsa, b"\x77" * 64)
 
 
+def signed_rekey() -> SignedRekey:
+    notice = RekeyNotice(
+        group=GROUP, epoch=3, kind=RekeyKind.EVICTION, issued_ms=TIME_MS,
+        activation_ms=1000, grace_ms=5000, acl=signed_acl(),
+    )
+    body = notice.encode()
+    return SignedRekey(body, "C", b"\x88" * 64, notice)
+
+
+def branch_wraps() -> BranchWraps:
+    entry = WrappedKey(KeyRef(4, 2), KeyRef(2, 3), b"\x99" * 44)
+    return BranchWraps((
+        BranchWrap("C", LkhUpdate(1, (entry, entry)), b"\xaa" * 90),
+        BranchWrap("B", LkhUpdate(2, ()), b"\xbb" * 91),
+    ))
+
+
 def sign(message: Message, signer: str) -> bytes:
     return sign_message(message.encode_unsigned(), Signature(signer, 1, b"\x33" * 64))
 
@@ -119,6 +143,9 @@ def sample_messages() -> list[tuple[str, str, bytes]]:
     """
     bundle_h = SealedBundle("h", b"\x44" * 80)
     bundle_b = SealedBundle("B", b"\x55" * 81)
+    handle_b = SealedBundle("B", b"\x45" * 80)
+    path_h = SealedBundle("h", b"\x46" * 82)
+    path_b = SealedBundle("B", b"\x47" * 83)
     report = header(MessageType.MEMBERSHIP_REPORT, ReportCode.LEAVE)
     rejoin = header(MessageType.JOIN_REQUEST, JoinCode.REJOIN)
     nack_reason = Reason(ReasonCode.NOT_ON_ACL, "h is not admitted")
@@ -139,6 +166,9 @@ def sample_messages() -> list[tuple[str, str, bytes]]:
                 signed_acl(),
                 bundle_h,
                 bundle_b,
+                handle_b,
+                path_h,
+                path_b,
             ),
         ),
         (
@@ -160,6 +190,8 @@ def sample_messages() -> list[tuple[str, str, bytes]]:
                 host_token(),
                 signed_acl(),
                 bundle_h,
+                SealedBundle("h", b"\x48" * 80),
+                path_h,
             ),
         ),
         (
@@ -218,6 +250,21 @@ def sample_messages() -> list[tuple[str, str, bytes]]:
                 routing_header(MessageType.LINK_STATE), token("A", "B"), signed_lsa()
             ),
         )
+    )
+    messages.append(
+        ("B", "A", Rekey(header(MessageType.REKEY), token("B", "A"), signed_rekey(),
+                         branch_wraps()))
+    )
+    request = SenderKeyRequest(0x51, bytes(range(16)), b"\xcc" * 32, b"\xdd" * 32)
+    messages.append(
+        ("s", "C", SenderKeyRequestMessage(header(MessageType.SENDER_KEY_REQUEST),
+                                           token("s", "C"), request))
+    )
+    grant = SenderKeyGrant(0x51, 1_800_003_600, b"\xee" * 64)
+    messages.append(
+        ("C", "s", SenderKeyGrantMessage(header(MessageType.SENDER_KEY_GRANT),
+                                         token("C", "s"), Reason(ReasonCode.ACCEPTED),
+                                         grant))
     )
     return [
         (sender, receiver, sign(message, sender))

@@ -9,7 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from node.datapacket import (
-    DATA_TYPE, DataKind, DataPacket, is_data_packet,
+    DATA_TYPE,
+    DataKind,
+    DataPacket,
+    is_data_packet,
 )
 from node.errors import MalformedMessage
 from node.messages import decode_message

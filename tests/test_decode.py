@@ -133,10 +133,11 @@ def test_decode_fields_option(figure1_run, capsys):
 def test_decode_fields_keep_ciphertext_opaque(figure1_run, capsys):
     output = decode_output(capsys, "--fields", str(figure1_run))
 
-    bundles = [line.strip() for line in output if "^PK_" in line and "sealed" in line]
-    assert bundles
-    for line in bundles:
-        assert re.fullmatch(r"\{grpKey, KEK, Sparams\}\^PK_\S+: \d+ bytes sealed", line)
+    sealed = [line.strip() for line in output if "^PK_" in line and "sealed" in line]
+    assert sealed
+    secrets = r"grpKey, KEK, Sparams|packet handle secret|key tree path"
+    for line in sealed:
+        assert re.fullmatch(rf"\{{({secrets})\}}\^PK_\S+: \d+ bytes sealed", line)
 
 
 def test_notation_every_sample():
@@ -159,6 +160,13 @@ def test_notation_every_sample():
         ),
         "[[token_A], HELLO]^SK_A",
         "[[token_A], [LSA]^SK_C, LINK-STATE]^SK_A",
+        (
+            "[[token_B], [epoch 3, [ACL]^SK_init]^SK_C, "
+            "{[grpKey, KEK, Sparams]^SK_C}^LKH_C, {[grpKey, KEK, Sparams]^SK_C}^LKH_B, "
+            "REKEY]^SK_B"
+        ),
+        "[[token_s], [SPI 0x00000051, sender key, exchange key], SENDER-KEY-REQUEST]^SK_s",
+        "[[token_C], {session key}^PK_exchange, SENDER-KEY-GRANT]^SK_C",
     ]
 
     written = [

@@ -95,6 +95,35 @@ TLV_FIELDS = [
     "smkd.lsa.neighbour",
     "smkd.lsa.cost",
     "smkd.lsa.signature_length",
+    "smkd.handle.recipient",
+    "smkd.handle.sealed_length",
+    "smkd.host_path.recipient",
+    "smkd.host_path.sealed_length",
+    "smkd.hop_path.recipient",
+    "smkd.hop_path.sealed_length",
+    "smkd.rekey.body_length",
+    "smkd.rekey.group",
+    "smkd.rekey.epoch",
+    "smkd.rekey.kind",
+    "smkd.rekey.issued",
+    "smkd.rekey.activation_ms",
+    "smkd.rekey.grace_ms",
+    "smkd.rekey.sealed_length",
+    "smkd.rekey.has_acl",
+    "smkd.rekey.signer",
+    "smkd.rekey.signature_length",
+    "smkd.sender_request.spi",
+    "smkd.sender_request.nonce",
+    "smkd.sender_request.verify_key_length",
+    "smkd.sender_request.exchange_key_length",
+    "smkd.sender_grant.spi",
+    "smkd.sender_grant.not_after",
+    "smkd.sender_grant.sealed_length",
+    "smkd.wraps.count",
+    "smkd.wraps.owner",
+    "smkd.wraps.root",
+    "smkd.wraps.entry_count",
+    "smkd.wraps.sealed_length",
     "smkd.signature.signer",
     "smkd.signature.suite",
     "smkd.signature.length",
@@ -295,6 +324,54 @@ def _lsa(signed: Any) -> dict[str, str]:
     }
 
 
+def _rekey(signed: Any) -> dict[str, str]:
+    notice = signed.notice
+    fields = {
+        "smkd.rekey.body_length": str(len(signed.body)),
+        "smkd.rekey.group": notice.group,
+        "smkd.rekey.epoch": str(notice.epoch),
+        "smkd.rekey.kind": str(int(notice.kind)),
+        "smkd.rekey.issued": str(notice.issued_ms),
+        "smkd.rekey.activation_ms": str(notice.activation_ms),
+        "smkd.rekey.grace_ms": str(notice.grace_ms),
+        "smkd.rekey.sealed_length": str(len(notice.sealed_bundle)),
+        "smkd.rekey.has_acl": "0" if notice.acl is None else "1",
+        "smkd.rekey.signer": signed.signer,
+        "smkd.rekey.signature_length": str(len(signed.signature)),
+    }
+    if notice.acl is not None:
+        fields.update(_acl(notice.acl))
+    return fields
+
+
+def _wraps(wraps: Any) -> dict[str, str]:
+    items = wraps.wraps
+    return {
+        "smkd.wraps.count": str(len(items)),
+        "smkd.wraps.owner": ",".join(wrap.owner for wrap in items),
+        "smkd.wraps.root": ",".join(str(wrap.update.root_id) for wrap in items),
+        "smkd.wraps.entry_count": ",".join(str(len(w.update.entries)) for w in items),
+        "smkd.wraps.sealed_length": ",".join(str(len(w.sealed_bundle)) for w in items),
+    }
+
+
+def _sender_request(request: Any) -> dict[str, str]:
+    return {
+        "smkd.sender_request.spi": f"0x{request.sender_spi:08x}",
+        "smkd.sender_request.nonce": request.nonce.hex(),
+        "smkd.sender_request.verify_key_length": str(len(request.verify_key)),
+        "smkd.sender_request.exchange_key_length": str(len(request.exchange_key)),
+    }
+
+
+def _sender_grant(grant: Any) -> dict[str, str]:
+    return {
+        "smkd.sender_grant.spi": f"0x{grant.sender_spi:08x}",
+        "smkd.sender_grant.not_after": str(grant.not_after),
+        "smkd.sender_grant.sealed_length": str(len(grant.sealed)),
+    }
+
+
 _TLV_EXPECTATIONS = {
     "token": _token,
     "host_token": _host_token,
@@ -306,6 +383,13 @@ _TLV_EXPECTATIONS = {
     "reason": _reason,
     "hello": _hello,
     "lsa": _lsa,
+    "handle": _bundle("handle"),
+    "host_path": _bundle("host_path"),
+    "hop_path": _bundle("hop_path"),
+    "rekey": _rekey,
+    "wraps": _wraps,
+    "request": _sender_request,
+    "grant": _sender_grant,
 }
 
 

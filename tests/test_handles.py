@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from test_figure1 import holds_bytes
 
 from node.errors import AuthenticationFailed, ConfigError
 from node.handles import HANDLE_SIZE, SECRET_SIZE, HandleTable, seal_info
-from test_figure1 import holds_bytes
 
 SECRET = bytes(range(SECRET_SIZE))
 PACKET = b"a data packet"
@@ -71,9 +71,32 @@ def test_short_handle_is_rejected():
 
 def test_handle_under_another_secret_is_rejected():
     parent, child = linked()
-    child.set("B", bytes(SECRET_SIZE))
+    parent.set("A", bytes(SECRET_SIZE))
+    parent.set("A", b"\x01" * SECRET_SIZE)
 
     assert reason_of(child, "B", PACKET, parent.tag("A", PACKET)) == "bad-handle"
+
+
+def test_replaced_secret_is_still_accepted():
+    parent, child = linked()
+    in_flight = parent.tag("A", PACKET)
+    new = b"\x05" * SECRET_SIZE
+
+    parent.set("A", new)
+    child.set("B", new)
+
+    child.verify("B", PACKET, in_flight)
+    child.verify("B", PACKET, parent.tag("A", PACKET))
+
+
+def test_secret_replaced_twice_is_rejected():
+    parent, child = linked()
+    in_flight = parent.tag("A", PACKET)
+
+    child.set("B", b"\x05" * SECRET_SIZE)
+    child.set("B", b"\x06" * SECRET_SIZE)
+
+    assert reason_of(child, "B", PACKET, in_flight) == "bad-handle"
 
 
 def test_unknown_neighbour_has_no_handle():
@@ -86,6 +109,7 @@ def test_unknown_neighbour_has_no_handle():
 
 def test_dropped_secret_is_overwritten():
     parent, _ = linked()
+    parent.set("A", b"\x05" * SECRET_SIZE)
 
     parent.drop("A")
 

@@ -8,11 +8,11 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_figure1 import holds_bytes
 
 from node.codec import Reader, Writer
 from node.errors import AuthenticationFailed, MalformedMessage
 from node.lkh import KeyTree, LkhPath, LkhUpdate, MemberKeys
-from test_figure1 import holds_bytes
 
 GROUP = "239.1.1.1"
 

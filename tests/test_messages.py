@@ -39,9 +39,12 @@ from node.messages import (
     Path,
     Reason,
     ReasonCode,
+    Rekey,
     ReportCode,
     SealedAcl,
     SealedBundle,
+    SenderKeyGrantMessage,
+    SenderKeyRequestMessage,
     Signature,
     SignedLsa,
     TlvType,
@@ -49,6 +52,9 @@ from node.messages import (
     decode_message,
     sign_message,
 )
+from node.lkh import KeyRef, LkhUpdate, WrappedKey
+from node.rekey import BranchWrap, BranchWraps, RekeyKind, RekeyNotice, SignedRekey
+from node.senderkeys import SenderKeyGrant, SenderKeyRequest
 
 GROUP = "239.1.1.1"
 CORES = ("127.1.0.3", "127.1.0.9")
@@ -78,6 +84,47 @@ def signed_acl() -> SignedAcl:
 
 def sealed(recipient: str) -> SealedBundle:
     return SealedBundle(recipient, b"\x33" * 120)
+
+
+def signed_rekey(kind: RekeyKind) -> SignedRekey:
+    scheduled = kind is RekeyKind.SCHEDULED
+    notice = RekeyNotice(
+        GROUP, 2, kind, 1_800_000_000_000, 1000, 5000,
+        sealed_bundle=b"\x70" * 90 if scheduled else b"",
+        acl=None if scheduled else signed_acl(),
+    )
+    return SignedRekey(notice.encode(), "C", b"\x71" * 64, notice)
+
+
+def branch_wraps() -> BranchWraps:
+    entry = WrappedKey(KeyRef(3, 1), KeyRef(1, 2), b"\x72" * 44)
+    return BranchWraps((BranchWrap("C", LkhUpdate(1, (entry,)), b"\x73" * 90),))
+
+
+def keying_samples() -> dict[str, Message]:
+    """Messages of re-keying and sender keys, and the keying TLVs of the join."""
+    request = SenderKeyRequest(7, NONCE, b"\x74" * 32, b"\x75" * 32)
+    grant = SenderKeyGrant(7, 1_800_003_600, b"\x76" * 64)
+    return {
+        "join-ack-keying": JoinAck(
+            header(MessageType.JOIN_ACK), token("C", "B"), host_token(), signed_acl(),
+            sealed("h"), sealed("B"), sealed("B"), sealed("h"), sealed("B")),
+        "key-delivery-keying": KeyDelivery(
+            header(MessageType.KEY_DELIVERY), token("A", "h"), host_token(),
+            signed_acl(), sealed("h"), sealed("h"), sealed("h")),
+        "rekey-scheduled": Rekey(header(MessageType.REKEY), token("B", "A"),
+                                 signed_rekey(RekeyKind.SCHEDULED)),
+        "rekey-eviction": Rekey(header(MessageType.REKEY), token("B", "A"),
+                                signed_rekey(RekeyKind.EVICTION), branch_wraps()),
+        "sender-key-request": SenderKeyRequestMessage(
+            header(MessageType.SENDER_KEY_REQUEST), token("h", "C"), request),
+        "sender-key-grant": SenderKeyGrantMessage(
+            header(MessageType.SENDER_KEY_GRANT), token("C", "h"),
+            Reason(ReasonCode.ACCEPTED), grant),
+        "sender-key-refused": SenderKeyGrantMessage(
+            header(MessageType.SENDER_KEY_GRANT), token("C", "h"),
+            Reason(ReasonCode.NOT_ON_ACL, "h9")),
+    }
 
 
 def sample_messages() -> dict[str, Message]:
@@ -116,6 +163,7 @@ def sample_messages() -> dict[str, Message]:
         MessageType.ECHO_REQUEST, MessageType.ECHO_REPLY,
     ):
         samples[tree_type.name.lower()] = TreeMessage(header(tree_type), token())
+    samples.update(keying_samples())
     return samples
 
 

@@ -12,7 +12,14 @@ from node.codec import Reader, Writer
 from node.errors import AuthenticationFailed, MalformedMessage
 from node.lkh import KeyTree
 from node.rekey import (
-    RekeyKind, RekeyNotice, SignedRekey, open_bundle_under, seal_bundle_under,
+    MAX_WRAPS,
+    BranchWrap,
+    BranchWraps,
+    RekeyKind,
+    RekeyNotice,
+    SignedRekey,
+    open_bundle_under,
+    seal_bundle_under,
     verify_rekey,
 )
 
@@ -68,23 +75,68 @@ def test_scheduled_notice_round_trip(net):
 
 
 def test_eviction_notice_round_trip(net):
-    tree = KeyTree(GROUP, random.Random(1).randbytes)
-    for name in ("h", "h2", "h9"):
-        tree.register(name)
     acl = net.sign_acl(make_acl(figure1_spec()))
-    value = notice(kind=RekeyKind.EVICTION, lkh=tree.evict(["h9"], 2), acl=acl)
+    value = notice(kind=RekeyKind.EVICTION, sealed_bundle=b"", acl=acl)
 
     decoded = round_trip(sign_as(net, "C", value)).notice
 
-    assert decoded.lkh == value.lkh
+    assert decoded == value
     assert decoded.acl.body == acl.body
 
 
-def test_eviction_without_lkh_is_malformed():
-    value = notice(kind=RekeyKind.EVICTION)
+def test_eviction_with_bundle_is_malformed(net):
+    acl = net.sign_acl(make_acl(figure1_spec()))
+    value = notice(kind=RekeyKind.EVICTION, acl=acl)
 
     with pytest.raises(MalformedMessage):
         RekeyNotice.decode(value.encode())
+
+
+def test_eviction_without_acl_is_malformed():
+    value = notice(kind=RekeyKind.EVICTION, sealed_bundle=b"")
+
+    with pytest.raises(MalformedMessage):
+        RekeyNotice.decode(value.encode())
+
+
+def test_scheduled_without_bundle_is_malformed():
+    with pytest.raises(MalformedMessage):
+        RekeyNotice.decode(notice(sealed_bundle=b"").encode())
+
+
+def test_branch_wraps_round_trip():
+    tree = KeyTree(GROUP, random.Random(1).randbytes)
+    for name in ("h", "h2", "h9"):
+        tree.register(name)
+    wraps = BranchWraps((
+        BranchWrap("C", tree.evict(["h9"], 2), b"\x01" * 70),
+        BranchWrap("B", tree.evict([], 3), b"\x02" * 71),
+    ))
+    w = Writer()
+    wraps.encode(w)
+
+    r = Reader(w.getvalue())
+    assert BranchWraps.decode(r) == wraps
+    assert r.at_end()
+
+
+def test_too_many_branch_wraps_are_malformed():
+    w = Writer()
+    w.push_u8(MAX_WRAPS + 1)
+
+    with pytest.raises(MalformedMessage):
+        BranchWraps.decode(Reader(w.getvalue()))
+
+
+def test_bundle_under_owner_opens_only_for_owner():
+    sealed = seal_bundle_under(KEK, b"bundle", GROUP, 2, RekeyKind.EVICTION, NONCE,
+                               "C")
+
+    assert open_bundle_under(KEK, sealed, GROUP, 2, RekeyKind.EVICTION, "C") == (
+        b"bundle"
+    )
+    assert reason_of(open_bundle_under, KEK, sealed, GROUP, 2, RekeyKind.EVICTION,
+                     "B") == "bad-seal"
 
 
 def test_unknown_kind_is_malformed():

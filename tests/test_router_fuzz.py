@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.bundles import seal_bundle, sign_bundle
+from node.crypto import SUITES
 from node.messages import (
     NO_GROUP,
     AckCode,
@@ -35,12 +36,18 @@ from node.messages import (
     Path,
     Reason,
     ReasonCode,
+    Rekey,
     ReportCode,
     SealedAcl,
     SealedBundle,
+    SenderKeyGrantMessage,
+    SenderKeyRequestMessage,
     SignedLsa,
     TreeMessage,
 )
+from node.lkh import LkhUpdate
+from node.rekey import BranchWrap, BranchWraps, RekeyKind, RekeyNotice, SignedRekey
+from node.senderkeys import SenderKeyGrant, SenderKeyRequest, public_bytes
 
 T = MessageType
 
@@ -134,9 +141,10 @@ PLAUSIBLE = {
           ("B", T.JOIN_REQUEST)],
     "B": [("A", T.JOIN_REQUEST), ("C", T.JOIN_ACK), ("C", T.JOIN_NACK),
           ("A", T.JOIN_ACK)],
-    "C": [("B", T.JOIN_REQUEST), ("init", T.ACL_UPLOAD), ("B", T.JOIN_NACK)],
-    "h": [("A", T.KEY_DELIVERY)],
-    "init": [("C", T.ACL_ACCEPT)],
+    "C": [("B", T.JOIN_REQUEST), ("init", T.ACL_UPLOAD), ("B", T.JOIN_NACK),
+          ("h", T.SENDER_KEY_REQUEST), ("h9", T.SENDER_KEY_REQUEST)],
+    "h": [("A", T.KEY_DELIVERY), ("A", T.REKEY), ("C", T.SENDER_KEY_GRANT)],
+    "init": [("C", T.ACL_ACCEPT), ("C", T.SENDER_KEY_GRANT)],
 }
 
 
@@ -174,6 +182,53 @@ def routing_message(net: Network, sender: str, message_type: T, token, draw):
     suite = net.group(sender).suite
     signature = net.machines[sender].identity.sign(suite, unsigned.signed_bytes())
     return LinkStateUpdate(header, token, SignedLsa.create(lsa, signature))
+
+
+KEYING_TYPES = (T.REKEY, T.SENDER_KEY_REQUEST, T.SENDER_KEY_GRANT)
+
+
+def keying_message(net: Network, sender: str, header, token, acl, draw):
+    """Return a re-key notice or a message of a sender's key exchange.
+
+    The notice is signed by the primary core or by the sender, and every
+    field mixes valid and hostile values.
+    """
+    if header.type is T.REKEY:
+        kind = draw(st.sampled_from(list(RekeyKind)))
+        scheduled = kind is RekeyKind.SCHEDULED
+        sealed = draw(st.binary(min_size=1, max_size=90)) if scheduled else b""
+        notice = RekeyNotice(
+            GROUP_ADDRESS, draw(st.integers(0, 5)), kind, int(net.now * 1000),
+            draw(st.integers(0, 3000)), draw(st.integers(0, 9000)), sealed,
+            None if scheduled and draw(st.booleans()) else acl,
+        )
+        signer = draw(st.sampled_from(["C", "C", sender]))
+        signed = SignedRekey.sign(notice, net.machines[signer].identity, "default")
+        wraps = None
+        if draw(st.booleans()):
+            owner = draw(st.sampled_from(NAMES))
+            update = LkhUpdate(draw(st.integers(0, 9)), ())
+            sealed_bundle = draw(st.binary(max_size=90))
+            wraps = BranchWraps((BranchWrap(owner, update, sealed_bundle),))
+        return Rekey(header, token, signed, wraps)
+    if header.type is T.SENDER_KEY_REQUEST:
+        suite = net.machines["C"].config.groups[0].suite
+        verify_key = draw(st.one_of(
+            st.binary(max_size=40),
+            st.just(public_bytes(SUITES[suite].generate_signing_key())),
+        ))
+        exchange = draw(st.binary(max_size=40))
+        request = SenderKeyRequest(draw(st.integers(0, 2**32 - 1)),
+                                   draw(st.binary(min_size=16, max_size=16)),
+                                   verify_key, exchange)
+        return SenderKeyRequestMessage(header, token, request)
+    reason = Reason(draw(st.sampled_from(list(ReasonCode))))
+    grant = None
+    if draw(st.booleans()):
+        grant = SenderKeyGrant(draw(st.integers(0, 2**32 - 1)),
+                               draw(st.integers(0, 2**40)),
+                               draw(st.binary(max_size=80)))
+    return SenderKeyGrantMessage(header, token, reason, grant)
 
 
 @st.composite
@@ -252,6 +307,8 @@ def signed_message(draw, net: Network, receiver: str):
         message = AclAccept(header, token, reason)
     elif message_type in (T.HELLO, T.LINK_STATE):
         message = routing_message(net, sender, message_type, token, draw)
+    elif message_type in KEYING_TYPES:
+        message = keying_message(net, sender, header, token, acl, draw)
     else:
         message = TreeMessage(header, token)
     return sender, message

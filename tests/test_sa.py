@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from test_figure1 import holds_bytes
 
 from node.errors import AuthenticationFailed, ConfigError, MalformedMessage
 from node.sa import (
-    ERASED_MEMORY, DataKey, GroupSA, ReplayTable, ReplayWindow,
+    ERASED_MEMORY,
+    DataKey,
+    GroupSA,
+    ReplayTable,
+    ReplayWindow,
 )
-from test_figure1 import holds_bytes
 
 NOW = 1_800_000_000.0
 KEY = bytes(range(16))

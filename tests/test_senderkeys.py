@@ -10,8 +10,16 @@ from harness import START, figure1_spec, make_acl
 from node.crypto import SUITES
 from node.errors import AuthenticationFailed, MalformedMessage
 from node.senderkeys import (
-    SenderKey, SenderKeyRequest, SenderKeyTable, SignedSenderKey, load_verifying_key,
-    make_grant, open_grant, public_bytes, verify_announcement, verify_origin,
+    SenderKey,
+    SenderKeyRequest,
+    SenderKeyTable,
+    SignedSenderKey,
+    load_verifying_key,
+    make_grant,
+    open_grant,
+    public_bytes,
+    verify_announcement,
+    verify_origin,
 )
 
 NOW = START

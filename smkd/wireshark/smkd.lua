@@ -18,9 +18,11 @@
 -- The layout follows node/messages.py and node/documents.py: a CBTv1 control
 -- header, then security TLVs (type: 1 byte, length: 2 bytes, value) in
 -- increasing type order, with the SIGNATURE TLV last. Sealed bundles and
--- sealed ACLs are HPKE ciphertext and are shown as opaque bytes. A datagram
--- that breaks the layout is marked with the "Malformed" expert group, and the
--- dissector never raises a Lua error for it.
+-- sealed ACLs are HPKE ciphertext and are shown as opaque bytes. Group data
+-- (type 0xff, node/datapacket.py) has its own header and an encrypted body,
+-- shown as opaque bytes too. A datagram that breaks the layout is marked
+-- with the "Malformed" expert group, and the dissector never raises a Lua
+-- error for it.
 
 local smkd = Proto("smkd", "smkd secure CBT control")
 
@@ -44,6 +46,9 @@ local MESSAGE_TYPES = {
     [0x11] = "KEY-DELIVERY",
     [0x12] = "ACL-UPLOAD",
     [0x13] = "ACL-ACCEPT",
+    [0x14] = "REKEY",
+    [0x15] = "SENDER-KEY-REQUEST",
+    [0x16] = "SENDER-KEY-GRANT",
     [0x20] = "HELLO",
     [0x21] = "LINK-STATE",
 }
@@ -66,6 +71,13 @@ local TLV_TYPES = {
     [8] = "REASON",
     [9] = "HELLO",
     [10] = "LSA",
+    [0x10] = "HANDLE",
+    [0x11] = "REKEY",
+    [0x12] = "SENDER_REQUEST",
+    [0x13] = "SENDER_GRANT",
+    [0x14] = "HOST_PATH",
+    [0x15] = "HOP_PATH",
+    [0x16] = "BRANCH_WRAPS",
     [0xFF] = "SIGNATURE",
 }
 local SIGNATURE_TLV = 0xFF
@@ -85,14 +97,22 @@ local REASON_CODES = {
 local TREE_LAYOUT = { [1] = true }
 local LAYOUTS = {
     [1] = { [1] = true, [2] = true, [7] = true },
-    [2] = { [1] = true, [2] = true, [3] = true, [5] = false, [6] = false },
+    [2] = {
+        [1] = true, [2] = true, [3] = true, [5] = false, [6] = false, [0x10] = false,
+        [0x14] = false, [0x15] = false,
+    },
     [3] = { [1] = true, [2] = true, [8] = true },
     [4] = TREE_LAYOUT, [5] = TREE_LAYOUT, [6] = TREE_LAYOUT, [7] = TREE_LAYOUT,
     [8] = TREE_LAYOUT,
     [0x10] = { [2] = true },
-    [0x11] = { [1] = true, [2] = true, [3] = true, [5] = true },
+    [0x11] = {
+        [1] = true, [2] = true, [3] = true, [5] = true, [0x10] = false, [0x14] = false,
+    },
     [0x12] = { [1] = true, [3] = false, [4] = false },
     [0x13] = { [1] = true, [8] = true },
+    [0x14] = { [1] = true, [0x11] = true, [0x16] = false },
+    [0x15] = { [1] = true, [0x12] = true },
+    [0x16] = { [1] = true, [8] = true, [0x13] = false },
     [0x20] = { [1] = true, [9] = true },
     [0x21] = { [1] = true, [10] = true },
 }
@@ -103,6 +123,12 @@ local SUITES = {
 }
 
 local ACL_MODES = { [1] = "include", [2] = "exclude" }
+local REKEY_KINDS = { [1] = "scheduled", [2] = "eviction" }
+local DATA_KINDS = { [0] = "data", [1] = "sender-key announcement" }
+local DATA_TYPE = 0xFF
+local DATA_FIXED_SIZE = 33
+-- an LKH key wrap: two (node id, version) pairs and a sealed 16-byte key
+local LKH_ENTRY_SIZE = 16 + 12 + 16 + 16
 
 local pf = {
     version = ProtoField.uint8("smkd.version", "Version", base.DEC, nil, 0xF0),
@@ -210,6 +236,93 @@ local pf = {
     lsa_signature_length = ProtoField.uint16("smkd.lsa.signature_length",
                                              "Origin signature length", base.DEC),
     lsa_signature = ProtoField.bytes("smkd.lsa.signature", "Origin signature"),
+
+    handle_recipient = ProtoField.string("smkd.handle.recipient", "Recipient"),
+    handle_length = ProtoField.uint16("smkd.handle.sealed_length", "Sealed length",
+                                      base.DEC),
+    handle = ProtoField.bytes("smkd.handle.ciphertext", "Sealed handle secret"),
+    host_path_recipient = ProtoField.string("smkd.host_path.recipient", "Recipient"),
+    host_path_length = ProtoField.uint16("smkd.host_path.sealed_length",
+                                         "Sealed length", base.DEC),
+    host_path = ProtoField.bytes("smkd.host_path.ciphertext", "Sealed key tree path"),
+    hop_path_recipient = ProtoField.string("smkd.hop_path.recipient", "Recipient"),
+    hop_path_length = ProtoField.uint16("smkd.hop_path.sealed_length",
+                                        "Sealed length", base.DEC),
+    hop_path = ProtoField.bytes("smkd.hop_path.ciphertext", "Sealed key tree path"),
+
+    rekey_body_length = ProtoField.uint32("smkd.rekey.body_length",
+                                          "Notice body length", base.DEC),
+    rekey_group = ProtoField.ipv4("smkd.rekey.group", "Group address"),
+    rekey_epoch = ProtoField.uint32("smkd.rekey.epoch", "Epoch", base.DEC),
+    rekey_kind = ProtoField.uint8("smkd.rekey.kind", "Kind", base.DEC, REKEY_KINDS),
+    rekey_issued = ProtoField.uint64("smkd.rekey.issued", "Issued (ms)"),
+    rekey_activation = ProtoField.uint32("smkd.rekey.activation_ms",
+                                         "Activation delay (ms)", base.DEC),
+    rekey_grace = ProtoField.uint32("smkd.rekey.grace_ms", "Grace window (ms)",
+                                    base.DEC),
+    rekey_sealed_length = ProtoField.uint16("smkd.rekey.sealed_length",
+                                            "Bundle under the KEK, length", base.DEC),
+    rekey_sealed = ProtoField.bytes("smkd.rekey.sealed", "Bundle under the KEK"),
+    rekey_has_acl = ProtoField.uint8("smkd.rekey.has_acl", "New ACL present",
+                                     base.DEC),
+    rekey_signer = ProtoField.string("smkd.rekey.signer", "Notice signer"),
+    rekey_signature_length = ProtoField.uint16("smkd.rekey.signature_length",
+                                               "Notice signature length", base.DEC),
+    rekey_signature = ProtoField.bytes("smkd.rekey.signature", "Notice signature"),
+
+    sender_request_spi = ProtoField.uint32("smkd.sender_request.spi", "Sender SPI",
+                                           base.HEX),
+    sender_request_nonce = ProtoField.bytes("smkd.sender_request.nonce", "Nonce"),
+    sender_request_verify_length = ProtoField.uint16(
+        "smkd.sender_request.verify_key_length", "Sender key length", base.DEC),
+    sender_request_verify = ProtoField.bytes("smkd.sender_request.verify_key",
+                                             "Sender key (public)"),
+    sender_request_exchange_length = ProtoField.uint16(
+        "smkd.sender_request.exchange_key_length", "Exchange key length", base.DEC),
+    sender_request_exchange = ProtoField.bytes("smkd.sender_request.exchange_key",
+                                               "Exchange key (public)"),
+    sender_grant_spi = ProtoField.uint32("smkd.sender_grant.spi", "Sender SPI",
+                                         base.HEX),
+    sender_grant_not_after = ProtoField.uint64("smkd.sender_grant.not_after",
+                                               "Not after (s)"),
+    sender_grant_sealed_length = ProtoField.uint16("smkd.sender_grant.sealed_length",
+                                                   "Sealed length", base.DEC),
+    sender_grant_sealed = ProtoField.bytes("smkd.sender_grant.sealed",
+                                           "Sealed session key"),
+
+    wraps_count = ProtoField.uint8("smkd.wraps.count", "Number of branch wraps",
+                                   base.DEC),
+    wraps_owner = ProtoField.string("smkd.wraps.owner", "Key tree owner"),
+    wraps_root = ProtoField.uint32("smkd.wraps.root", "New root node", base.DEC),
+    wraps_entry_count = ProtoField.uint16("smkd.wraps.entry_count",
+                                          "Number of key wraps", base.DEC),
+    wraps_entry = ProtoField.bytes("smkd.wraps.entry", "Key wrap"),
+    wraps_sealed_length = ProtoField.uint16("smkd.wraps.sealed_length",
+                                            "Bundle under the new root, length",
+                                            base.DEC),
+    wraps_sealed = ProtoField.bytes("smkd.wraps.sealed", "Bundle under the new root"),
+
+    data_on_tree = ProtoField.uint8("smkd.data.on_tree", "On tree", base.DEC, nil,
+                                    0x01),
+    data_hop_limit = ProtoField.uint8("smkd.data.hop_limit", "Hop limit", base.DEC),
+    data_kind = ProtoField.uint8("smkd.data.kind", "Kind", base.DEC, DATA_KINDS),
+    data_group = ProtoField.ipv4("smkd.data.group", "Group address"),
+    data_primary_core = ProtoField.ipv4("smkd.data.primary_core", "Primary core"),
+    data_group_spi = ProtoField.uint32("smkd.data.group_spi", "Group SPI", base.HEX),
+    data_epoch = ProtoField.uint32("smkd.data.epoch", "Epoch", base.DEC),
+    data_sender_spi = ProtoField.uint32("smkd.data.sender_spi", "Sender SPI",
+                                        base.HEX),
+    data_seq = ProtoField.uint64("smkd.data.seq", "Sequence number"),
+    data_sender = ProtoField.string("smkd.data.sender", "Sender"),
+    data_ciphertext_length = ProtoField.uint32("smkd.data.ciphertext_length",
+                                               "Ciphertext length", base.DEC),
+    data_ciphertext = ProtoField.bytes("smkd.data.ciphertext", "Ciphertext"),
+    data_signature_length = ProtoField.uint16("smkd.data.signature_length",
+                                              "Origin signature length", base.DEC),
+    data_signature = ProtoField.bytes("smkd.data.signature", "Origin signature"),
+    data_handle_length = ProtoField.uint8("smkd.data.handle_length",
+                                          "Packet handle length", base.DEC),
+    data_handle = ProtoField.bytes("smkd.data.handle", "Packet handle"),
 
     signer = ProtoField.string("smkd.signature.signer", "Signer"),
     signature_suite = ProtoField.uint8("smkd.signature.suite", "Crypto suite",
@@ -582,6 +695,115 @@ decoders[10] = function(cursor, tree)
                          signature_length)
 end
 
+-- a secret sealed with HPKE to one named recipient, shown as opaque bytes
+local function sealed_decoder(recipient_field, length_field, value_field, label)
+    return function(cursor, tree)
+        local recipient = cursor:add_name(tree, recipient_field, label .. " recipient")
+        local length = cursor:remaining()
+        local item = tree:add(length_field, length)
+        item:set_generated()
+        cursor:add_bytes(tree, value_field, length, label)
+        if length == 0 then
+            flag(item, "empty " .. label)
+        end
+        return string.format("{%s}^PK_%s, %d bytes", label, recipient, length)
+    end
+end
+
+decoders[0x10] = sealed_decoder(pf.handle_recipient, pf.handle_length, pf.handle,
+                                "packet handle secret")
+decoders[0x14] = sealed_decoder(pf.host_path_recipient, pf.host_path_length,
+                                pf.host_path, "key tree path")
+decoders[0x15] = sealed_decoder(pf.hop_path_recipient, pf.hop_path_length,
+                                pf.hop_path, "key tree path")
+
+local function add_rekey_body(cursor, tree)
+    cursor:add_uint(tree, pf.rekey_group, 4, "notice group")
+    local epoch = cursor:add_uint(tree, pf.rekey_epoch, 4, "notice epoch")
+    local kind, kind_item = cursor:add_uint(tree, pf.rekey_kind, 1, "notice kind")
+    if REKEY_KINDS[kind] == nil then
+        flag(kind_item, string.format("unknown re-key kind %d", kind))
+    end
+    cursor:add_timestamp(tree, pf.rekey_issued, "notice issue time")
+    cursor:add_uint(tree, pf.rekey_activation, 4, "activation delay")
+    cursor:add_uint(tree, pf.rekey_grace, 4, "grace window")
+    cursor:add_blob(tree, pf.rekey_sealed_length, pf.rekey_sealed, 2,
+                    "bundle under the KEK")
+    local has_acl = add_flag(cursor, tree, pf.rekey_has_acl, "ACL flag")
+    if has_acl == 1 then
+        local acl_tree = tree:add(smkd, cursor.tvb:range(cursor.pos, cursor:remaining()),
+                                  "New ACL")
+        decoders[3](cursor, acl_tree)
+    end
+    return REKEY_KINDS[kind] or tostring(kind), epoch
+end
+
+decoders[0x11] = function(cursor, tree)
+    local body_length = cursor:add_uint(tree, pf.rekey_body_length, 4,
+                                        "notice body length")
+    local body = new_cursor(cursor.tvb, cursor.pos, cursor.pos + body_length)
+    cursor:take(body_length, "notice body")
+    local body_tree = tree:add(smkd, cursor.tvb:range(body.pos, body_length),
+                               string.format("Notice body (%d bytes)", body_length))
+    local ok, kind, epoch = pcall(add_rekey_body, body, body_tree)
+    if not ok then
+        flag(body_tree, describe_error(kind))
+        kind, epoch = "?", 0
+    elseif body:remaining() ~= 0 then
+        flag(body_tree, string.format("%d trailing bytes after the notice body",
+                                      body:remaining()))
+    end
+    local signer = cursor:add_name(tree, pf.rekey_signer, "notice signer")
+    cursor:add_blob(tree, pf.rekey_signature_length, pf.rekey_signature, 2,
+                    "notice signature")
+    return string.format("[%s re-key to epoch %d]^SK_%s", kind, epoch, signer)
+end
+
+decoders[0x12] = function(cursor, tree)
+    local spi = cursor:add_uint(tree, pf.sender_request_spi, 4, "sender SPI")
+    cursor:add_bytes(tree, pf.sender_request_nonce, NONCE_SIZE, "request nonce")
+    cursor:add_blob(tree, pf.sender_request_verify_length, pf.sender_request_verify, 2,
+                    "sender key")
+    cursor:add_blob(tree, pf.sender_request_exchange_length,
+                    pf.sender_request_exchange, 2, "exchange key")
+    return string.format("sender SPI 0x%08x, sender key, exchange key", spi)
+end
+
+decoders[0x13] = function(cursor, tree)
+    local spi = cursor:add_uint(tree, pf.sender_grant_spi, 4, "sender SPI")
+    add_unix_seconds(cursor, tree, pf.sender_grant_not_after, "grant expiry")
+    local length = cursor:add_blob(tree, pf.sender_grant_sealed_length,
+                                   pf.sender_grant_sealed, 2, "sealed session key")
+    return string.format("{session key}^PK_exchange for SPI 0x%08x, %d bytes", spi,
+                         length)
+end
+
+local function add_branch_wrap(cursor, tree)
+    local owner = cursor:add_name(tree, pf.wraps_owner, "branch wrap owner")
+    cursor:add_uint(tree, pf.wraps_root, 4, "new root node")
+    local count, item = cursor:add_uint(tree, pf.wraps_entry_count, 2,
+                                        "key wrap count")
+    if count * LKH_ENTRY_SIZE > cursor:remaining() then
+        flag(item, string.format("%d key wraps cannot fit", count))
+        malformed(string.format("%d key wraps cannot fit in the field", count))
+    end
+    for _ = 1, count do
+        cursor:add_bytes(tree, pf.wraps_entry, LKH_ENTRY_SIZE, "key wrap")
+    end
+    cursor:add_blob(tree, pf.wraps_sealed_length, pf.wraps_sealed, 2,
+                    "bundle under the new root")
+    return string.format("%s: %d wraps", owner, count)
+end
+
+decoders[0x16] = function(cursor, tree)
+    local count = cursor:add_uint(tree, pf.wraps_count, 1, "branch wrap count")
+    local parts = {}
+    for _ = 1, count do
+        parts[#parts + 1] = add_branch_wrap(cursor, tree)
+    end
+    return table.concat(parts, "; ")
+end
+
 decoders[SIGNATURE_TLV] = function(cursor, tree)
     local signer = cursor:add_name(tree, pf.signer, "signer")
     seen.signer = signer
@@ -753,9 +975,57 @@ local function check_layout(tree, message_type, present)
     end
 end
 
+-- group data: its own header, the encrypted body, the sender's signature and
+-- the packet handle of the hop (node/datapacket.py)
+local function dissect_data(cursor, root)
+    local first, version_item = cursor:add_uint(root, pf.version, 1, "version")
+    if math.floor(first / 16) ~= VERSION then
+        flag(version_item, string.format("unsupported version %d", math.floor(first / 16)))
+    end
+    cursor:add_uint(root, pf.type, 1, "type")
+    local flags, flags_item = cursor:add_uint(root, pf.data_on_tree, 1, "data flags")
+    if flags > 1 then
+        flag(flags_item, string.format("unknown data flags 0x%02x", flags))
+    end
+    cursor:add_uint(root, pf.data_hop_limit, 1, "hop limit")
+    local kind, kind_item = cursor:add_uint(root, pf.data_kind, 1, "data kind")
+    if DATA_KINDS[kind] == nil then
+        flag(kind_item, string.format("unknown data kind %d", kind))
+    end
+    cursor:add_uint(root, pf.data_group, 4, "group address")
+    cursor:add_uint(root, pf.data_primary_core, 4, "primary core")
+    cursor:add_uint(root, pf.data_group_spi, 4, "group SPI")
+    local epoch = cursor:add_uint(root, pf.data_epoch, 4, "epoch")
+    cursor:add_uint(root, pf.data_sender_spi, 4, "sender SPI")
+    local seq = cursor:add_uint(root, pf.data_seq, 8, "sequence number")
+    local sender = cursor:add_name(root, pf.data_sender, "data sender")
+    local length = cursor:add_blob(root, pf.data_ciphertext_length, pf.data_ciphertext,
+                                   4, "ciphertext")
+    cursor:add_blob(root, pf.data_signature_length, pf.data_signature, 2,
+                    "origin signature")
+    local handle_length, handle_item = cursor:add_uint(root, pf.data_handle_length, 1,
+                                                       "handle length")
+    cursor:add_bytes(root, pf.data_handle, handle_length, "packet handle")
+    if handle_length ~= 0 and handle_length ~= 16 then
+        flag(handle_item, string.format("packet handle of %d bytes", handle_length))
+    end
+    if cursor:remaining() ~= 0 then
+        flag(root, string.format("%d trailing bytes after the data packet",
+                                 cursor:remaining()))
+    end
+    return string.format("DATA %s #%d from %s, epoch %d, %d bytes",
+                         DATA_KINDS[kind] or "?", seq, sender, epoch, length)
+end
+
 local function dissect(tvb, pinfo, tree)
     local captured = tvb:len()
     local root = tree:add(smkd, tvb:range(0, captured))
+    if captured >= 2 and tvb:range(1, 1):uint() == DATA_TYPE then
+        local title = dissect_data(new_cursor(tvb, 0, captured), root)
+        pinfo.cols.info:set(title)
+        root:append_text(", " .. title)
+        return
+    end
     if tvb:reported_len() > captured then
         root:add_proto_expert_info(ef.truncated, string.format(
             "%d of %d bytes captured", captured, tvb:reported_len()))
