@@ -402,9 +402,13 @@ class TreeMaintenance(RoutingMixin):
         The ack made ``peer`` take this router as a child (a join this router
         gave up on, or passed on elsewhere, was answered late), so without a
         quit the peer would keep a child that never echoes until it expires.
-        A duplicate ack from the parent itself needs nothing.
+        A duplicate ack from the parent needs nothing, and neither does one
+        from a router that another pending join waits on: its ack will make
+        the router the parent anyway.
         """
         if peer == state.parent or peer in state.quits:
+            return
+        if any(r.upstream == peer for r in state.requests.values()):
             return
         pending = PendingQuit(peer)
         state.quits[peer] = pending

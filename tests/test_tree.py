@@ -17,6 +17,7 @@ from tree_support import FAST, build_network, restart
 from node.messages import (
     AckCode,
     ControlHeader,
+    JoinAck,
     JoinCode,
     JoinRequest,
     MessageType,
@@ -445,6 +446,27 @@ def test_quit_ack_without_quit_is_dropped(make):
     net.run()
 
     assert len(drops(net, "A", "unexpected-answer")) == 1
+
+
+def test_stray_ack_is_answered_with_quit(make):
+    # an ack from D for a join A never sent D: D took A as a child, so A quits
+    net = make(diamond())
+    join_and_settle(net, "h")
+    d = net.machines["D"]
+    group = net.group("D")
+    token = net.machines["A"].new_host_token(group, net.now)
+    header = d.header(T.JOIN_ACK, group, origin=net.addresses["A"])
+    acl = state(net, "C").acl
+    ack = JoinAck(header, d.new_token("A", net.now), token, acl)
+
+    net.inject("D", net.addresses["A"], net.sign_as("D", ack))
+    net.run()
+
+    assert len(drops(net, "A", "unexpected-answer")) == 1
+    (quit_sent,) = events(net, "A", "quit_sent")
+    assert quit_sent["peer"] == "D"
+    assert len(events(net, "A", "quit_acked")) == 1
+    assert state(net, "A").parent == "B"
 
 
 def test_flush_from_non_parent_is_dropped(make):
