@@ -139,11 +139,11 @@ def _use_link_addresses(
     name = document["name"]
     peers = set(graph.neighbors(name))
     for group in topology.groups.values():
-        # the ACL upload travels end to end between initiator and primary core
-        if name == group.initiator:
-            peers.add(group.cores[0])
-        if name == group.cores[0]:
-            peers.add(group.initiator)
+        # the initiator's ACL upload and a sender's key exchange travel end to
+        # end to the cores, so every node needs each core's link address and
+        # every core needs each node's
+        peers.update(topology.nodes if name in group.cores else group.cores)
+    peers.discard(name)
     document["bind"] = "0.0.0.0"
     document["interfaces"] = addressing.interfaces(name)
     document["neighbours"] = {

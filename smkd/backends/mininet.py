@@ -377,11 +377,9 @@ class MininetBackend(Backend):
             topology, run_dir, seed, control_dir,
             addressing=addressing, agent_captures=False,
         )
-        graph = topology.graph()
         for path in paths.values():
             document = json.loads(path.read_text())
             _leave_to_kernel(document, netem_available())
-            _add_core_peers(document, topology, graph, addressing)
             path.write_text(json.dumps(document, indent=1))
         return paths
 
@@ -672,27 +670,6 @@ def _leave_to_kernel(document: dict[str, Any], netem: bool) -> None:
         return
     for link in document["links"]:
         link["egress"]["bandwidth"] = None
-
-
-def _add_core_peers(
-    document: dict[str, Any], topology: Topology, graph: nx.Graph,
-    addressing: LinkAddressing,
-) -> None:
-    """Give a node the link address of every peer it talks to end to end.
-
-    Besides the initiator's ACL upload, any sender asks the primary core for
-    its sender key end to end, so every node needs each core's address and
-    every core needs each node's. Without it a node sends to the peer's
-    identity address, which is loopback inside its own namespace.
-    """
-    name = document["name"]
-    peers: set[str] = set()
-    for group in topology.groups.values():
-        peers.update(topology.nodes if name in group.cores else group.cores)
-    peers.discard(name)
-    addresses = document["peer_addresses"]
-    for peer in sorted(peers):
-        addresses.setdefault(peer, addressing.reach(graph, name, peer))
 
 
 def _terminate(processes: dict[str, subprocess.Popen[bytes]]) -> None:
