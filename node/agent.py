@@ -209,7 +209,7 @@ class Agent:
 
     def _record(self, event: TraceEvent) -> None:
         self.trace.write(event)
-        if event.name == "drop":
+        if event.name in ("drop", "data_rejected"):
             self._log_drop(
                 event.fields.get("peer", "?"),
                 event.fields.get("reason", "?"),
@@ -344,13 +344,47 @@ class Agent:
         if command == "stop":
             asyncio.get_running_loop().call_soon(self.stop)
             return {}
-        if command in ("send", "rekey"):
-            # NOTE: group data and re-keying are not part of the protocol core yet
-            raise ValueError(f"command {command!r} is not supported by this agent yet")
+        if command in ("send", "rekey", "acl_update"):
+            self._run_key_command(command, request, now)
+            self._flush()
+            return {}
         raise ValueError(
             f"unknown command {command!r}; expected status, join, leave, "
-            "send, rekey, link or stop"
+            "send, rekey, acl_update, link or stop"
         )
+
+    def _run_key_command(
+        self, command: str, request: dict[str, Any], now: float
+    ) -> None:
+        """Send group data, re-key a group or replace its ACL."""
+        method_names = {
+            "send": "send_data", "rekey": "rekey", "acl_update": "update_acl",
+        }
+        who = {
+            "send": "hosts and initiators send data",
+            "rekey": "the primary core re-keys a group",
+            "acl_update": "the initiator updates an ACL",
+        }
+        method = getattr(self.machine, method_names[command], None)
+        if method is None:
+            raise ValueError(
+                f"{self.name} is a {self.config.node.role}: only {who[command]}"
+            )
+        group = request["group"]
+        if command == "send":
+            method(
+                group, now, count=int(request.get("count", 1)),
+                size=int(request.get("size", 100)),
+                interval=float(request.get("interval", 0.1)),
+                forge_as=request.get("forge_as"),
+            )
+        elif command == "rekey":
+            method(group, now)
+        else:
+            method(
+                group, now, remove=tuple(request.get("remove") or ()),
+                add=tuple(request.get("add") or ()),
+            )
 
     def _set_link(self, request: dict[str, Any]) -> None:
         link = self.links.get(request["link"])

@@ -237,14 +237,17 @@ def check_event(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
 
 
 def check_received(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
-    # NOTE: group data is not implemented yet, so no trace has delivery events
-    events = record.of(params["node"], "data_received", group=params["group"])
-    sender = params.get("from")
+    node, group, sender = params["node"], params["group"], params.get("from")
+    events = record.of(node, "data_received", group=group)
     if sender:
         events = [e for e in events if e.get("sender") == sender]
-    if len(events) < params.get("min", 1):
-        return False, f"{params['node']} received {len(events)} data packets"
-    return True, f"{params['node']} received {len(events)} data packets"
+    low, high = params.get("min", 1), params.get("max")
+    where = f" from {sender}" if sender else ""
+    detail = f"{node} received {len(events)} data packets of {group}{where}"
+    if len(events) < low or (high is not None and len(events) > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        return False, f"{detail}, expected {bound}"
+    return True, detail
 
 
 def check_no_key_in_clear(
@@ -275,12 +278,13 @@ def check_no_key_in_clear(
 
 
 def _secret_fingerprints(record: RunRecord) -> set[str]:
+    """Collect every fingerprint the traces carry: each field ending in ``_fp``."""
     secrets = set()
     for events in record.events.values():
         for event in events:
-            for name in ("group_key_fp", "kek_fp"):
-                if name in event:
-                    secrets.add(event[name])
+            for name, value in event.items():
+                if name.endswith("_fp") and isinstance(value, str):
+                    secrets.add(value)
     return secrets
 
 

@@ -1009,8 +1009,9 @@ _OMIT = object()
 class _Field:
     """One field of an action or expectation.
 
-    ``kind`` is "node", "group" or "link" for a reference into the topology, or
-    "value" for a value that ``parse`` converts. A node reference must have one of
+    ``kind`` is "node", "group" or "link" for a reference into the topology,
+    "nodes" for a list of node references, or "value" for a value that
+    ``parse`` converts. A node reference must have one of
     ``roles`` (any role if None). An absent optional field takes ``default``, or is
     left out when the default is ``_OMIT``.
     """
@@ -1037,13 +1038,18 @@ def _group() -> _Field:
     return _Field("group", required=True)
 
 
+def _nodes(roles: Collection[str]) -> _Field:
+    return _Field("nodes", False, frozenset(roles), default=_OMIT)
+
+
 def _value(parse: Parser, default: Any = None, required: bool = False) -> _Field:
     return _Field("value", required, parse=parse, default=default)
 
 
 def _parse_size(value: Any) -> int:
-    # NOTE: 60,000 bytes leaves room below the 65,507-byte UDP payload limit for
-    # the data header and encryption overhead, whose exact size is not fixed yet
+    # 60,000 bytes leave room below the 65,507-byte UDP payload limit for the
+    # data header with its length fields (at most 105 bytes), the AEAD tag
+    # (16), the sender's signature (3,309 with ML-DSA-65) and the handle (16)
     size = parse_positive_int(value)
     if size > 60000:
         raise ValueError(f"invalid size {size}; use at most 60000 bytes")
@@ -1065,9 +1071,14 @@ ACTIONS: dict[str, _Spec] = {
             "count": _value(parse_positive_int, 1),
             "size": _value(_parse_size, 100),
             "interval": _value(parse_duration, 0.1),
+            "forge_as": _Field("node", False, HOST_ROLES, default=_OMIT),
         }
     ),
     "rekey": _Spec({"group": _group()}),
+    "acl_update": _Spec(
+        {"group": _group(), "remove": _nodes({"host"}), "add": _nodes({"host"})},
+        one_of=("remove", "add"),
+    ),
     "link_down": _Spec({"link": _LINK, "from": _SENDER}),
     "link_up": _Spec({"link": _LINK, "from": _SENDER}),
     "link_set": _Spec(
@@ -1112,6 +1123,7 @@ EXPECTATIONS: dict[str, _Spec] = {
             "group": _group(),
             "from": _node(HOST_ROLES, required=False),
             "min": _value(parse_int, 1),
+            "max": _value(parse_int),
         }
     ),
 }
@@ -1320,6 +1332,8 @@ class _ScenarioReader(_Reader):
     def read_field(self, value: Any, path: KeyPath, field: _Field, kind: str) -> Any:
         if field.kind == "node":
             return self.node_ref(value, path, field.roles, f"the node of {kind}")
+        if field.kind == "nodes":
+            return self.node_refs(value, path, field.roles, kind)
         if field.kind == "value":
             assert field.parse is not None
             try:
@@ -1334,6 +1348,22 @@ class _ScenarioReader(_Reader):
             self.check.report(path, str(error))
             return None
         return self.check_reference(name, path, field.kind)
+
+    def node_refs(
+        self, value: Any, path: KeyPath, roles: Collection[str] | None, kind: str
+    ) -> tuple[str, ...] | None:
+        """Check a non-empty list of node references."""
+        if not isinstance(value, list) or not value:
+            message = "expected a non-empty list of node names, such as [h2]"
+            self.check.report(path, message)
+            return None
+        names = [
+            self.node_ref(item, path + (index,), roles, f"each node of {kind}")
+            for index, item in enumerate(value)
+        ]
+        if any(name is None for name in names):
+            return None
+        return tuple(name for name in names if name is not None)
 
     def check_reference(self, name: str, path: KeyPath, kind: str) -> str | None:
         """Check that a group, or a link or LAN, exists in the topology."""
@@ -1380,6 +1410,11 @@ def _expectation_name(kind: str, params: dict[str, Any]) -> str:
     if kind == "event":
         return _event_name(params)
     sender = f" from {params['from']}" if params.get("from") else ""
+    if params.get("max") is not None:
+        count = f"{params['min']} to {params['max']}"
+        if params["min"] == params["max"]:
+            count = f"exactly {params['min']}"
+        return f"{node} receives {count} datagrams of {group}{sender}"
     return f"{node} receives at least {params['min']} datagrams of {group}{sender}"
 
 

@@ -228,6 +228,12 @@ class Runner:
             await backend.command(
                 group.cores[0], {"cmd": "rekey", "group": action.group}
             )
+        elif kind == "acl_update":
+            group = self.scenario.topology.groups[action.group]
+            command = {"cmd": "acl_update", "group": action.group}
+            for key in ("remove", "add"):
+                command[key] = list(action.params.get(key, ()))
+            await backend.command(group.initiator, command)
         elif kind in ("link_down", "link_up", "link_set"):
             await self._set_link(backend, action)
         elif kind == "node_stop":

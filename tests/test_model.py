@@ -898,8 +898,8 @@ def test_error_unknown_action_lists_valid(tmp_path):
         "- {at: 1, action: jion, node: h2, group: G}",
         "unknown action 'jion'",
         "did you mean 'join'?",
-        "valid: join, leave, send, rekey, link_down, link_up, link_set, node_stop, "
-        "node_start, wait",
+        "valid: join, leave, send, rekey, acl_update, link_down, link_up, link_set, "
+        "node_stop, node_start, wait",
     )
     assert problem.path == "timeline[1].action"
 
