@@ -127,6 +127,9 @@ class DataRouter(Machine):
         self.forward_data(state, packet, peer, now)
 
     def _check_arrival(self, state: GroupState, packet: DataPacket, peer: str) -> None:
+        # NOTE: off-tree data carries no handle, so any neighbour off the tree
+        # can inject packets that the tree carries to every member, where the
+        # AEAD tag and the sender's signature reject them; nothing limits the rate
         if packet.hop_limit <= 1:
             raise ProtocolError("data packet ran out of hops", reason="hop-limit")
         plane = self.data_plane[state.config.address]
