@@ -92,7 +92,12 @@ class _DatagramProtocol(asyncio.DatagramProtocol):
             self.agent.on_datagram(data, addr[0])
 
     def error_received(self, exc: Exception) -> None:
-        log.warning("%s: socket error: %s", self.agent.name, exc)
+        # a downed interface fails every send, so each error kind is logged once
+        kind = type(exc).__name__
+        self.agent.socket_errors[kind] += 1
+        if self.agent.socket_errors[kind] == 1:
+            log.warning("%s: socket error: %s; repeats are counted, not logged",
+                        self.agent.name, exc)
 
 
 class Agent:
@@ -110,6 +115,7 @@ class Agent:
         )
         self.trace = TraceWriter(config.trace_path, self.name)
         self.logged_drops: Counter[tuple[str, str]] = Counter()
+        self.socket_errors: Counter[str] = Counter()
         self.links: dict[str, _Link] = {}
         self._links_by_peer: dict[str, _Link] = {}
         self._transport: asyncio.DatagramTransport | None = None
@@ -140,11 +146,12 @@ class Agent:
         if self.config.control_path is not None:
             await self._start_control(self.config.control_path)
         log.info(
-            "%s: %s started on %s:%d",
+            "%s: %s started on %s:%d (identity address %s)",
             self.name,
             node.role,
-            node.address,
+            self.config.bind or node.address,
             self.config.port,
+            node.address,
         )
         self.machine.start(time.time())
         self._flush()
