@@ -378,7 +378,7 @@ def summarize(
     usable_cpus = min(len(collected), os.cpu_count() or 1)
 
     busiest = max(nodes, key=lambda name: _crypto_ops(nodes[name]))
-    own_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    agents_kib = sum(part["max_rss_kib"] for part in collected)
     all_keyed = None
     if joins == len(network.hosts) and first_report:
         all_keyed = max(keyed.values()) - min(first_report.values())
@@ -395,7 +395,8 @@ def summarize(
         busiest=_node_metrics(nodes[busiest]),
         latencies=latencies,
         all_keyed_seconds=all_keyed,
-        peak_memory_mib=(sum(p["max_rss_kib"] for p in collected) + own_rss) / 1024,
+        peak_memory_mib=(agents_kib + _resident_kib()) / 1024,
+        agents_memory_mib=agents_kib / 1024,
         cpu_per_join=cpu / joins if joins else None,
         crypto_floor=floor_seconds if joins else None,
         operations_per_join=per_join,
@@ -408,6 +409,20 @@ def summarize(
         join_phase_seconds=join_phase,
         cpu_share=cpu / (join_phase * usable_cpus) if join_phase > 0 else 0.0,
     )
+
+
+def _resident_kib() -> int:
+    """Return this process's resident memory now, in KiB.
+
+    The bench process's peak would carry over from the largest run before,
+    so the run adds what the bench holds now. Falls back to that peak where
+    /proc does not exist.
+    """
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
 def _crypto_ops(node: dict[str, Any]) -> int:

@@ -23,7 +23,7 @@ CSV_COLUMNS = (
     "busiest_node", "busiest_messages", "busiest_crypto_ops",
     "join_p50_s", "join_p99_s", "join_max_s", "all_keyed_s",
     "rekey_s", "data_packets_per_s",
-    "peak_memory_mib", "cpu_per_join_ms", "crypto_floor_ms", "cpu_to_floor",
+    "peak_memory_mib", "agents_memory_mib", "cpu_per_join_ms", "crypto_floor_ms", "cpu_to_floor",
     "sign_per_join", "verify_per_join", "seal_per_join", "open_per_join",
     "cert_verify_per_join",
     "sign_us", "verify_us", "seal_us", "open_us", "cert_verify_us",
@@ -65,6 +65,9 @@ class RunResult:
     # the machine's 1-minute load average at the end of the join phase,
     # which counts the bench's own busy workers too
     load_average: float = 0.0
+    # the sum of the worker processes' peak resident memory; peak_memory_mib
+    # adds the bench process's resident memory at the end of the run
+    agents_memory_mib: float = 0.0
 
     def percentile(self, percent: float) -> float | None:
         if not self.latencies:
@@ -109,6 +112,7 @@ class RunResult:
             "rekey_s": "",
             "data_packets_per_s": "",
             "peak_memory_mib": round(self.peak_memory_mib, 1),
+            "agents_memory_mib": round(self.agents_memory_mib, 1),
             "cpu_per_join_ms": _round(_scale(self.cpu_per_join, 1000)),
             "crypto_floor_ms": _round(_scale(self.crypto_floor, 1000)),
             "cpu_to_floor": _round(self.cpu_to_floor, 2),
@@ -240,15 +244,17 @@ def _plot_latency_cdf(plt, results, topologies, path: Path) -> Path:
         for run in runs:
             if run.hosts != largest or not run.latencies:
                 continue
-            count = len(run.latencies)
-            axis.plot(run.latencies, [(i + 1) / count for i in range(count)],
+            # a fraction of all hosts, so a run that keyed only some of them
+            # levels off below 1
+            fractions = [(i + 1) / run.hosts for i in range(len(run.latencies))]
+            axis.plot(run.latencies, fractions,
                       label=f"{run.mode} ({run.hosts_keyed:,}/{run.hosts:,})")
         axis.set_title(f"{topology}, {largest:,} hosts")
         axis.set_xscale("log")
         axis.set_xlabel("join latency, report to key installed (s)")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize="small")
-    axes[0][0].set_ylabel("fraction of hosts")
+    axes[0][0].set_ylabel("fraction of all hosts holding the key")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
