@@ -410,8 +410,9 @@ def add_run_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--backend",
         default="local",
-        help="where agents run: local (default, one process on loopback) or "
-        "mininet (as root, one network namespace per node)",
+        help="where agents run: local (default, one process on loopback), "
+        "mininet (as root, one network namespace per node) or docker (one "
+        "container per node)",
     )
     parser.add_argument(
         "--out", help="run directory to create (default runs/NAME-YYYYMMDD-HHMMSS)"
