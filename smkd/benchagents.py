@@ -324,7 +324,7 @@ class Worker:
             "retransmissions": self.trace.retransmissions,
             "cpu_seconds": now.cpu - self.mark.cpu,
             "wall_seconds": now.wall - self.mark.wall,
-            "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "max_rss_kib": peak_resident_kib(),
         }
 
     def stop(self) -> None:
@@ -366,6 +366,23 @@ def _join_order(host: str) -> tuple[int, str]:
     """
     prefix, _, number = host.rpartition("-")
     return (int(number), prefix) if number.isdigit() else (0, host)
+
+
+def peak_resident_kib() -> int:
+    """Return this process's peak resident memory in KiB.
+
+    Linux keeps ``ru_maxrss`` across exec, so a spawned worker would report
+    at least the bench process's memory at the fork. VmHWM in
+    /proc/self/status starts afresh with the new program. Falls back to
+    ``ru_maxrss`` where that file does not exist.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def _cpu_seconds() -> float:
