@@ -1,4 +1,4 @@
-"""``python -m node CONFIG``: run one smkd agent until stopped.
+"""python -m node CONFIG: run one smkd agent until stopped.
 
 The agent stops on SIGINT or SIGTERM, or on the control command ``stop``.
 Exit status: 0 after a clean stop, 2 for an invalid config.

@@ -164,6 +164,7 @@ class Agent:
             rng = random.Random(zlib.crc32(label) if seed is not None else None)
             capture = None
             if link_config.capture is not None:
+                link_config.capture.parent.mkdir(parents=True, exist_ok=True)
                 capture = self.captures.writer(link_config.capture)
             link = _Link(link_config, rng, loop.time, capture)
             self.links[link_config.name] = link

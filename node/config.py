@@ -55,10 +55,16 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise ConfigError(f"agent config {path} not found") from None
     except (OSError, json.JSONDecodeError) as error:
         raise ConfigError(f"cannot read agent config {path}: {error}") from None
+    if not isinstance(document, dict):
+        raise ConfigError(f"invalid agent config {path}: expected a JSON object")
     try:
         return parse_agent_config(document, path.parent)
-    except (KeyError, TypeError, ValueError) as error:
-        raise ConfigError(f"invalid agent config {path}: {error!r}") from None
+    except KeyError as error:
+        raise ConfigError(
+            f"invalid agent config {path}: missing key {error.args[0]!r}"
+        ) from None
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"invalid agent config {path}: {error}") from None
 
 
 def parse_agent_config(document: dict[str, Any], base: Path) -> AgentConfig:

@@ -220,7 +220,7 @@ def check_all_members(params: dict[str, Any], record: RunRecord) -> tuple[bool, 
     if missing:
         shown = "; ".join(missing[:5])
         return False, f"{len(missing)} of {len(members)} members lack the key: {shown}"
-    return True, f"all {len(members)} members hold the current key"
+    return True, f"all {plural(len(members), 'member')} hold the current key"
 
 
 def check_event(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
@@ -232,8 +232,9 @@ def check_event(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
     where = node or "any node"
     if len(matches) < low or (high is not None and len(matches) > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
-        return False, f"{where} traced {name} {len(matches)} times, expected {bound}"
-    return True, f"{where} traced {name} {len(matches)} times"
+        count = plural(len(matches), "time")
+        return False, f"{where} traced {name} {count}, expected {bound}"
+    return True, f"{where} traced {name} {plural(len(matches), 'time')}"
 
 
 def check_received(params: dict[str, Any], record: RunRecord) -> tuple[bool, str]:
@@ -337,7 +338,7 @@ def check_tree_invariant(params: dict[str, Any], record: RunRecord) -> tuple[boo
     roots = sorted(n for n, s in moment.states.items()
                    if s["on_tree"] and s["parent"] is None)
     detail = (f"{len(on_tree)} routers on the tree under {', '.join(roots)}, "
-              f"{len(members)} members with the current key")
+              f"{plural(len(members), 'member')} with the current key")
     unserved = history.unserved(moment)
     if unserved:
         detail += f"; members behind a stopped DR left out: {', '.join(unserved)}"
@@ -400,3 +401,7 @@ CHECKS: dict[str, Callable[[dict[str, Any], RunRecord], tuple[bool, str]]] = {
     "on_tree": check_on_tree,
     "off_tree": check_off_tree,
 }
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

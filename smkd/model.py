@@ -371,6 +371,41 @@ def _known(word: str, names: Collection[str]) -> str:
     return suggest(word, list(names)).replace("; ", " (", 1) + ")"
 
 
+# every event name an agent writes to its trace, so that an `event`
+# expectation with a misspelt name fails validation instead of passing
+TRACE_EVENTS = frozenset({
+    "ack_received", "ack_sent", "acl_accepted", "acl_changed", "acl_installed",
+    "acl_rejected", "acl_updated", "acl_uploaded", "acting_root", "adjacency",
+    "agent_started", "became_gkdc", "branch_rekeyed", "child_expired", "child_quit",
+    "core_fallback", "data_received", "data_rejected", "data_sent", "denied", "drop",
+    "epoch_erased", "evicted", "flush_received", "flush_sent", "join_denied",
+    "join_expired", "join_parked", "join_queued", "join_received", "join_renewed",
+    "join_sent", "join_timeout", "key_erased", "key_installed", "keys_created",
+    "keys_delivered", "keys_requested", "keys_updated", "link_changed", "link_drop",
+    "loop_detected", "loop_probe_answered", "loop_probe_expired", "loop_probe_ok",
+    "loop_probe_sent", "member_evicted", "member_expired", "member_left",
+    "nack_received", "nack_sent", "older_keys_ignored", "on_tree", "parent_lost",
+    "path_received", "pruned", "quit_abandoned", "quit_acked", "quit_sent",
+    "rejoin_failed", "rejoin_started", "rejoined", "rekey_missed", "rekey_rejected",
+    "rekey_sent", "report_duplicate", "report_received", "report_sent",
+    "routes_changed", "routing_started", "send_failed", "send_started",
+    "sender_key_announced", "sender_key_granted", "sender_key_learned",
+    "sender_key_received", "sender_key_requested", "sender_key_revoked",
+    "sender_rejected", "served", "token_rejected", "token_verified", "tree_state",
+})
+
+
+def parse_event_name(value: Any) -> str:
+    """Parse the name of a trace event, which must be one agents write."""
+    name = parse_name(value)
+    if name not in TRACE_EVENTS:
+        hint = suggest(name, sorted(TRACE_EVENTS))
+        raise ValueError(
+            f"unknown trace event {name!r}{hint} (docs/scenario.md lists them all)"
+        )
+    return name
+
+
 def parse_loopback_address(value: Any) -> str:
     """Parse a node address, which must be a usable address in 127.0.0.0/8."""
     rule = "use a loopback address such as 127.1.0.9, or remove it to get one assigned"
@@ -1111,7 +1146,7 @@ EXPECTATIONS: dict[str, _Spec] = {
     "event": _Spec(
         {
             "node": _node(required=False),
-            "event": _value(parse_name, required=True),
+            "event": _value(parse_event_name, required=True),
             "reason": _value(parse_name),
             "min": _value(parse_int, 1),
             "max": _value(parse_int),

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 def write_summary(result: RunResult, node_status: dict[str, Any]) -> None:
     summary = {
         "scenario": result.scenario.name,
-        "source": str(result.scenario.source),
+        "source": str(result.scenario.source.resolve()),
         "topology": str(result.scenario.topology.source),
         "backend": result.backend,
         "backend_details": result.backend_details,

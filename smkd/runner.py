@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -24,8 +25,8 @@ from node.errors import ConfigError, SmkdError
 
 from .backends import Backend, get_backend
 from .configs import prepare_pki, segment_members
-from .expect import Outcome, RunRecord, evaluate
-from .model import Action, Impairment, Scenario, ValidationError, load_scenario
+from .expect import Outcome, RunRecord, evaluate, plural
+from .model import Action, Impairment, Scenario, ValidationError, load_file
 from .outputs import write_junit, write_summary
 from .report import REPORT_NAME, write_report
 
@@ -374,14 +375,20 @@ def run_scenario(
     quiet: bool = False,
 ) -> RunResult:
     """Run one scenario file end to end; raise ValidationError for invalid input."""
-    scenario = load_scenario(path)
+    loaded = load_file(path)
+    if not isinstance(loaded, Scenario):
+        raise ConfigError(
+            f"{path} is a topology, not a scenario; pass a scenario file "
+            "that names it under topology: (see scenarios/)"
+        )
+    scenario = loaded
     get_backend(backend).check_available()
     run_dir = make_run_dir(scenario, out)
     handler = _log_to_file(run_dir)
     progress = Progress(quiet)
     progress(
-        f"scenario {scenario.name}: {len(scenario.timeline)} actions, "
-        f"{len(scenario.expect)} expectations"
+        f"scenario {scenario.name}: {plural(len(scenario.timeline), 'action')}, "
+        f"{plural(len(scenario.expect), 'expectation')} and the tree invariant"
     )
     runner = Runner(scenario, run_dir, backend, progress)
     try:
@@ -427,6 +434,15 @@ def add_run_parser(subparsers: Any) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    # SIGTERM tears the run down exactly like Ctrl-C
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        return _run_command(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         result = run_scenario(args.scenario, args.backend, args.out, args.quiet)
     except ValidationError as error:
@@ -464,8 +480,6 @@ def print_summary(result: RunResult) -> None:
         print(f"  {mark}  {outcome.expectation.name}{line}: {outcome.detail}")
     captures = len(list((result.run_dir / "captures").glob("*.pcap")))
     print(f"run directory: {result.run_dir}")
-    print(
-        f"  traces/  {captures} captures in captures/  summary.json  junit.xml  "
-        f"logs/agents.log"
-    )
+    print(f"  traces in traces/, {plural(captures, 'capture')} in captures/, "
+          "summary.json, junit.xml, logs/agents.log")
     print(f"report: {result.run_dir / REPORT_NAME}")

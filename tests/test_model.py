@@ -433,7 +433,7 @@ def test_expectation_names_and_params(tmp_path):
           - {type: all_members_hold_key, group: G, within: 10}
           - {type: no_key_in_clear}
           - {type: event, node: A, event: token_rejected, reason: replayed, max: 5}
-          - {type: event, event: join_ack}
+          - {type: event, event: ack_sent}
           - {type: received, node: h2, group: G, from: h, min: 10}
         """
     )
@@ -448,7 +448,7 @@ def test_expectation_names_and_params(tmp_path):
         "every member of G holds the key within 10 s",
         "no key appears in the clear",
         "A traces token_rejected (replayed) 1 to 5 times",
-        "some node traces join_ack at least 1 time",
+        "some node traces ack_sent at least 1 time",
         "h2 receives at least 10 datagrams of G from h",
     ]
     assert expect[0].params == {"node": "h", "group": "G", "within": 5.0}
@@ -456,7 +456,7 @@ def test_expectation_names_and_params(tmp_path):
     assert expect[7].params["max"] == 5
     assert expect[8].params == {
         "node": None,
-        "event": "join_ack",
+        "event": "ack_sent",
         "reason": None,
         "min": 1,
         "max": None,
@@ -971,7 +971,11 @@ def test_error_bad_action(tmp_path, new, fragments):
             "- {type: holds_key, node: h, group: G, witin: 2}",
             ("did you mean 'within'?",),
         ),
-        ("- {type: event, event: x, min: 3, max: 2}", ("max 2 is below min 3",)),
+        ("- {type: event, event: drop, min: 3, max: 2}", ("max 2 is below min 3",)),
+        (
+            "- {type: event, event: join_denid, max: 0, min: 0}",
+            ("unknown trace event 'join_denid'", "did you mean 'join_denied'"),
+        ),
         ("- {type: event, node: A}", ("missing required key 'event' for event",)),
         ("- {type: received, node: h2, group: G, from: A}", ("role router",)),
         ("- {type: all_members_hold_key}", ("missing required key 'group'",)),

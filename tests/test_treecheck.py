@@ -120,7 +120,7 @@ def test_sound_tree_has_no_problems(topology):
 
     assert passed, detail
     assert "3 routers on the tree under C" in detail
-    assert "1 members" in detail
+    assert "1 member with" in detail
 
 
 def test_loop_is_found(topology):
