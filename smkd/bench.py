@@ -26,7 +26,8 @@ import socket
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,7 @@ from .benchnet import (
     initiator_config,
     partition,
 )
-from .benchreport import RunResult, markdown_table, write_outputs
+from .benchreport import RunResult, apply_phases, markdown_table, write_outputs
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -65,6 +66,14 @@ QUICK_SIZES = (20, 60)
 
 # how often the bench asks the workers for progress, in seconds
 POLL_INTERVAL = 0.25
+
+# seconds the re-key or the data burst may take before the run moves on
+PHASE_TIMEOUT = 60.0
+
+# data packets one member sends after the re-key, fewer on large groups so
+# that packets times receivers stays within the budget
+DATA_PACKETS = 50
+DATA_DELIVERY_BUDGET = 100_000
 
 
 @dataclass(frozen=True)
@@ -125,14 +134,6 @@ class Progress:
             print(message, flush=True)
 
 
-@dataclass
-class _Joining:
-    hosts: int
-    started: float
-    last_keyed: int = 0
-    last_change: float = field(default_factory=time.monotonic)
-
-
 def run_mode(
     network: BenchNetwork, mode: str, study: Study, progress: Progress, label: str
 ) -> RunResult:
@@ -162,17 +163,23 @@ def run_mode(
 
         _command_all(workers, "mark")
         _command_all(workers, "join")
-        _watch_joins(workers, _Joining(hosts, time.monotonic()), study, progress, label)
+        _watch(
+            workers, lambda statuses: sum(s["keyed"] for s in statuses), hosts,
+            f"{label}: hosts that hold the key", study.join_timeout, study, progress,
+        )
         collected = _command_all(workers, "collect")
         # read while the agents' sockets are still open
         socket_drops = _socket_drops(network)
         load_average = os.getloadavg()[0]
+        members = sorted(host for part in collected for host in part["keyed"])
+        phases = _run_phases(workers, network, members, study, progress, label)
     finally:
         _stop(workers)
 
     floor = measure_crypto(network)
     result = summarize(network, mode, collected, floor, start_seconds, socket_drops)
     result.load_average = load_average
+    apply_phases(result, phases)
     return result
 
 
@@ -227,30 +234,88 @@ def _wait_for_acl(worker: _Worker, timeout: float = 30.0) -> None:
     raise BenchError(f"the primary core did not accept the ACL within {timeout:g} s")
 
 
-def _watch_joins(
-    workers: list[_Worker], joining: _Joining, study: Study, progress: Progress,
-    label: str,
+def _watch(
+    workers: list[_Worker],
+    measure: Callable[[list[dict[str, Any]]], int],
+    target: int,
+    what: str,
+    timeout: float,
+    study: Study,
+    progress: Progress,
 ) -> None:
-    """Poll the workers until every host holds the key, joins stall or time runs out."""
+    """Poll the workers until ``measure`` reaches ``target``, stalls or times out.
+
+    ``measure`` turns the workers' statuses into a count, such as the hosts
+    that hold the key; ``what`` names it in the progress display.
+    """
+    started = time.monotonic()
+    last, last_change = -1, started
     while True:
         time.sleep(POLL_INTERVAL)
-        statuses = _command_all(workers, "status")
-        keyed = sum(s["keyed"] for s in statuses)
+        done = measure(_command_all(workers, "status"))
         now = time.monotonic()
-        elapsed = now - joining.started
         progress.update(
-            f"{label}: {keyed:,} of {joining.hosts:,} hosts hold the key "
-            f"({100 * keyed // max(1, joining.hosts)}%), {elapsed:.1f} s"
+            f"{what}: {done:,} of {target:,} ({100 * done // max(1, target)}%), "
+            f"{now - started:.1f} s"
         )
-        if keyed >= joining.hosts:
+        if done >= target:
             return
-        if keyed != joining.last_keyed:
-            joining.last_keyed = keyed
-            joining.last_change = now
-        if now - joining.last_change > study.stall_timeout:
+        if done != last:
+            last, last_change = done, now
+        if now - last_change > study.stall_timeout or now - started > timeout:
             return
-        if elapsed > study.join_timeout:
-            return
+
+
+# the re-key and data phases, after the joins
+
+
+def data_packet_count(members: int) -> int:
+    """Return how many data packets the sender sends to ``members`` members.
+
+    Each delivery costs a receiver a signature check, and every receiver
+    runs on this one machine, so large groups get fewer packets.
+    """
+    return max(5, min(DATA_PACKETS, DATA_DELIVERY_BUDGET // max(1, members)))
+
+
+def _run_phases(
+    workers: list[_Worker], network: BenchNetwork, members: list[str], study: Study,
+    progress: Progress, label: str,
+) -> dict[str, Any]:
+    """Re-key the group, then have one member send a burst of data.
+
+    Returns the members, the packet count and the workers' phase records.
+    """
+    if len(members) < 2:
+        return {"members": len(members)}
+
+    # the primary core runs in worker 0, with the other core and the initiator
+    _send(workers[0], ("rekey", network.primary_core, {}))
+    _receive(workers[0], 30.0)
+    _watch(
+        workers, lambda statuses: sum(s["rekeyed"] for s in statuses), len(members),
+        f"{label}: members that hold the new key", PHASE_TIMEOUT, study, progress,
+    )
+
+    sender = members[0]
+    count = data_packet_count(len(members))
+    owner = next(worker for worker in workers if sender in worker.spec.configs)
+    _send(owner, ("send", sender, {"count": count, "size": 100, "interval": 0.0}))
+    _receive(owner, 30.0)
+
+    def complete(statuses: list[dict[str, Any]]) -> int:
+        return sum(
+            1 for status in statuses
+            for received in status["data_received"].values() if received >= count
+        )
+
+    _watch(
+        workers, complete, len(members) - 1,
+        f"{label}: members that received all {count} data packets", PHASE_TIMEOUT,
+        study, progress,
+    )
+    records = _command_all(workers, "phases")
+    return {"members": len(members), "count": count, "records": records}
 
 
 def _stop(workers: list[_Worker]) -> None:

@@ -120,7 +120,8 @@ class SharedTrace:
     """The JSON-lines trace of every agent in a worker, in one file.
 
     It also keeps the events the bench measures: each host's first report
-    and first installed key, report retransmissions and join timeouts.
+    and first installed key, report retransmissions and join timeouts, the
+    re-key's start and each host's install of it, and the data received.
     """
 
     def __init__(self, path: Path):
@@ -132,6 +133,11 @@ class SharedTrace:
         self.timeouts: set[str] = set()
         self.retransmissions = 0
         self.acl_accepted = False
+        self.rekey_sent: float | None = None
+        self.rekeyed: dict[str, float] = {}
+        self.data_sent: float | None = None
+        self.data_received: Counter[str] = Counter()
+        self.data_last = 0.0
 
     def write(self, node: str, event: TraceEvent) -> None:
         record = {"t": round(event.time, 6), "node": node, "event": event.name}
@@ -148,6 +154,15 @@ class SharedTrace:
                 self.retransmissions += 1
         elif name == "key_installed":
             self.keyed.setdefault(node, event.time)
+            if event.fields.get("via") == "rekey":
+                self.rekeyed.setdefault(node, event.time)
+        elif name == "rekey_sent" and self.rekey_sent is None:
+            self.rekey_sent = event.time
+        elif name == "data_sent" and self.data_sent is None:
+            self.data_sent = event.time
+        elif name == "data_received":
+            self.data_received[node] += 1
+            self.data_last = max(self.data_last, event.time)
         elif name == "join_timeout":
             self.timeouts.add(node)
         elif name == "acl_accepted":
@@ -246,7 +261,9 @@ class Worker:
                 return
             self.conn.send(self.handle(command))
 
-    def handle(self, command: str) -> dict[str, Any]:
+    def handle(self, command: str | tuple[Any, ...]) -> dict[str, Any]:
+        if isinstance(command, tuple):
+            return self.handle_group_command(*command)
         if command == "status":
             return self.status()
         if command == "mark":
@@ -257,10 +274,24 @@ class Worker:
             return {}
         if command == "collect":
             return self.collect()
+        if command == "phases":
+            return self.phases()
         if command == "stop":
             self.stop()
             return {}
         raise ValueError(f"unknown worker command {command!r}")
+
+    def handle_group_command(
+        self, name: str, node: str, fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Pass ``rekey`` or ``send`` to the agent of ``node``, as its control socket would."""
+        if name not in ("rekey", "send"):
+            raise ValueError(f"unknown worker command {name!r}")
+        request = {"cmd": name, "group": self.spec.group, **fields}
+        answer = self.agents[node].handle_command(json.dumps(request).encode())
+        if not answer["ok"]:
+            log.warning("%s: %s failed: %s", node, name, answer["error"])
+        return answer
 
     def status(self) -> dict[str, Any]:
         return {
@@ -268,6 +299,18 @@ class Worker:
             "reported": len(self.trace.first_report),
             "keyed": len(self.trace.keyed),
             "timeouts": len(self.trace.timeouts),
+            "rekeyed": len(self.trace.rekeyed),
+            "data_received": dict(self.trace.data_received),
+        }
+
+    def phases(self) -> dict[str, Any]:
+        """Return the times of the re-key and data phases, for the bench to merge."""
+        return {
+            "rekey_sent": self.trace.rekey_sent,
+            "rekeyed": dict(self.trace.rekeyed),
+            "data_sent": self.trace.data_sent,
+            "data_received": dict(self.trace.data_received),
+            "data_last": self.trace.data_last,
         }
 
     async def join_all(self) -> None:

@@ -1,14 +1,11 @@
-"""The outputs of ``smkd bench``: results.csv, latencies.csv, plots and summary.md.
-
-Re-keying and group data are not part of the agent yet, so their columns
-(``rekey_s``, ``data_packets_per_s``) stay empty and the summary notes it.
-"""
+"""The outputs of ``smkd bench``: results.csv, latencies.csv, plots and summary.md."""
 
 from __future__ import annotations
 
 import csv
 import os
 import platform
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +19,8 @@ CSV_COLUMNS = (
     "core_cert_verify", "core_crypto_ops",
     "busiest_node", "busiest_messages", "busiest_crypto_ops",
     "join_p50_s", "join_p99_s", "join_max_s", "all_keyed_s",
-    "rekey_s", "data_packets_per_s",
+    "rekey_s", "rekeyed_hosts", "data_packets", "data_packets_per_s",
+    "data_deliveries", "data_deliveries_per_s",
     "peak_memory_mib", "agents_memory_mib", "cpu_per_join_ms", "crypto_floor_ms", "cpu_to_floor",
     "sign_per_join", "verify_per_join", "seal_per_join", "open_per_join",
     "cert_verify_per_join",
@@ -68,6 +66,16 @@ class RunResult:
     # the sum of the worker processes' peak resident memory; peak_memory_mib
     # adds the bench process's resident memory at the end of the run
     agents_memory_mib: float = 0.0
+    # the re-key after the joins: from the primary core's notice to the last
+    # member's install, when every member installed it
+    rekey_seconds: float | None = None
+    rekeyed_hosts: int = 0
+    # one member's burst of data packets after the re-key: packets per second
+    # when every other member received them all, and deliveries per second
+    data_packets: int = 0
+    data_packets_per_second: float | None = None
+    data_deliveries: int = 0
+    data_deliveries_per_second: float | None = None
 
     def percentile(self, percent: float) -> float | None:
         if not self.latencies:
@@ -87,11 +95,13 @@ class RunResult:
         p99 = _format(self.percentile(99), 1000, "ms")
         done = _format(self.all_keyed_seconds, 1, "s")
         ratio = _format(self.cpu_to_floor, 1, "x")
+        rekey = _format(self.rekey_seconds, 1000, "ms")
+        rate = _format(self.data_packets_per_second, 1, "pkt/s")
         return (
             f"{self.hosts_keyed:,}/{self.hosts:,} hold the key, all in {done}; "
             f"join p50 {p50}, p99 {p99}; primary core {self.core['crypto_ops']:,} "
             f"crypto ops; CPU/join {ratio} the floor; "
-            f"{self.peak_memory_mib:,.0f} MiB"
+            f"{self.peak_memory_mib:,.0f} MiB; re-key {rekey}; data {rate}"
         )
 
     def row(self) -> dict[str, Any]:
@@ -108,9 +118,12 @@ class RunResult:
             "join_p99_s": _round(self.percentile(99)),
             "join_max_s": _round(self.latencies[-1] if self.latencies else None),
             "all_keyed_s": _round(self.all_keyed_seconds),
-            # NOTE: re-keying and group data do not exist in the agent yet
-            "rekey_s": "",
-            "data_packets_per_s": "",
+            "rekey_s": _round(self.rekey_seconds),
+            "rekeyed_hosts": self.rekeyed_hosts,
+            "data_packets": self.data_packets,
+            "data_packets_per_s": _round(self.data_packets_per_second, 1),
+            "data_deliveries": self.data_deliveries,
+            "data_deliveries_per_s": _round(self.data_deliveries_per_second, 1),
             "peak_memory_mib": round(self.peak_memory_mib, 1),
             "agents_memory_mib": round(self.agents_memory_mib, 1),
             "cpu_per_join_ms": _round(_scale(self.cpu_per_join, 1000)),
@@ -148,6 +161,43 @@ def _format(value: float | None, factor: float, unit: str) -> str:
     if unit == "x":
         return f"{value:.1f}x"
     return f"{value * factor:,.1f} {unit}"
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:,.1f}"
+
+
+def apply_phases(result: RunResult, phases: dict[str, Any]) -> None:
+    """Fill in the re-key and data metrics from the workers' phase records."""
+    records = phases.get("records")
+    if not records:
+        return
+    members = phases["members"]
+
+    rekey_starts = [r["rekey_sent"] for r in records if r["rekey_sent"] is not None]
+    rekeyed: dict[str, float] = {}
+    for record in records:
+        rekeyed.update(record["rekeyed"])
+    result.rekeyed_hosts = len(rekeyed)
+    if rekey_starts and len(rekeyed) >= members:
+        result.rekey_seconds = max(rekeyed.values()) - min(rekey_starts)
+
+    count = phases["count"]
+    received: Counter[str] = Counter()
+    for record in records:
+        received.update(record["data_received"])
+    result.data_packets = count
+    result.data_deliveries = sum(received.values())
+    data_starts = [r["data_sent"] for r in records if r["data_sent"] is not None]
+    last = max(record["data_last"] for record in records)
+    if not data_starts or last <= min(data_starts):
+        return
+
+    # the sender never receives its own packets, so members - 1 receive them
+    duration = last - min(data_starts)
+    result.data_deliveries_per_second = result.data_deliveries / duration
+    if sum(1 for n in received.values() if n >= count) >= members - 1:
+        result.data_packets_per_second = count / duration
 
 
 # files
@@ -301,11 +351,6 @@ def summary_markdown(
         f"Machine: {machine_description()}",
         "",
         markdown_table(results),
-        "",
-        (
-            "Re-key time and data packets per second are not measured: the agent "
-            "has no re-keying and no group data yet."
-        ),
     ]
     if failures:
         lines += ["", "Failed runs:", "", *[f"- {failure}" for failure in failures]]
@@ -319,9 +364,10 @@ def markdown_table(results: list[RunResult]) -> str:
     header = (
         "| network | mode | hosts | keyed | primary core: msgs / crypto ops "
         "| busiest node: crypto ops | join p50 | join p99 | all keyed "
-        "| peak memory | CPU per join | crypto floor | ratio |"
+        "| peak memory | CPU per join | crypto floor | ratio | re-key "
+        "| data pkt/s |"
     )
-    lines = [header, "|" + "---|" * 13]
+    lines = [header, "|" + "---|" * 15]
     for r in results:
         lines.append(
             f"| {r.topology} | {r.mode} | {r.hosts:,} | {r.hosts_keyed:,} "
@@ -333,6 +379,8 @@ def markdown_table(results: list[RunResult]) -> str:
             f"| {r.peak_memory_mib:,.0f} MiB "
             f"| {_format(r.cpu_per_join, 1000, 'ms')} "
             f"| {_format(r.crypto_floor, 1000, 'ms')} "
-            f"| {_format(r.cpu_to_floor, 1, 'x')} |"
+            f"| {_format(r.cpu_to_floor, 1, 'x')} "
+            f"| {_format(r.rekey_seconds, 1000, 'ms')} "
+            f"| {_number(r.data_packets_per_second)} |"
         )
     return "\n".join(lines)

@@ -80,12 +80,24 @@ def test_quick_study_keys_every_host(quick_study):
         assert float(row["all_keyed_s"]) > 0
 
 
-def test_quick_study_marks_missing_metrics(quick_study):
+def test_quick_study_measures_rekey(quick_study):
     _, out = quick_study
 
     for row in read_rows(out):
-        assert row["rekey_s"] == ""
-        assert row["data_packets_per_s"] == ""
+        assert row["rekeyed_hosts"] == row["hosts_keyed"], row["mode"]
+        assert float(row["rekey_s"]) > 0
+
+
+def test_quick_study_measures_data(quick_study):
+    _, out = quick_study
+
+    for row in read_rows(out):
+        packets = int(row["data_packets"])
+        receivers = int(row["hosts_keyed"]) - 1
+        assert packets >= 5
+        assert int(row["data_deliveries"]) == packets * receivers, row["mode"]
+        assert float(row["data_packets_per_s"]) > 0
+        assert float(row["data_deliveries_per_s"]) >= float(row["data_packets_per_s"])
 
 
 def test_quick_study_measures_floor(quick_study):
