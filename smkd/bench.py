@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from node.errors import ConfigError
+from node.machine import Timers
 from node.pki import Directory, Identity
 
 from .backends.local import PORT
@@ -296,6 +297,12 @@ def _run_phases(
         workers, lambda statuses: sum(s["rekeyed"] for s in statuses), len(members),
         f"{label}: members that hold the new key", PHASE_TIMEOUT, study, progress,
     )
+
+    # a member sends under the previous key for rekey_activation seconds
+    # after the notice, and a receiver drops that key rekey_grace seconds
+    # later. Waiting keeps a late packet of the burst from finding its key
+    # erased, since the bench configs leave both timers at the node defaults
+    time.sleep(Timers().rekey_activation)
 
     sender = members[0]
     count = data_packet_count(len(members))
