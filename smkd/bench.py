@@ -184,7 +184,7 @@ def run_mode(
     return result
 
 
-def _send(worker: _Worker, command: str) -> None:
+def _send(worker: _Worker, command: str | tuple[Any, ...]) -> None:
     try:
         worker.conn.send(command)
     except (BrokenPipeError, OSError) as error:
